@@ -1,0 +1,42 @@
+"""The `avmech` command line: inspect a sample's layout (more commands join as flows land)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from avmech.errors import InputError, ModelError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trace audio-visual LLMs.")
+
+
+@app.callback()
+def main() -> None:
+    """avmech: how sound and sight travel through audio-visual LLMs."""
+
+
+@app.command()
+def inspect(
+    video: Path = typer.Argument(None, help="a clip (its own sound is used unless --no-video-audio)"),
+    question: str = typer.Option(..., "--question", "-q", help="the question text"),
+    option: list[str] = typer.Option([], "--option", "-o", help="an option text; repeat for each"),
+    answer: int = typer.Option(None, help="index of the correct option"),
+    audio: Path = typer.Option(None, help="an audio file, beside or instead of the video"),
+    video_audio: bool = typer.Option(True, help="use the video's own sound track"),
+    model: str = typer.Option("tiny-omni", help="embedded name, hub id or checkpoint directory"),
+) -> None:
+    """Print what every sequence position of a prepared sample is."""
+    import avmech
+
+    try:
+        m = avmech.load(model)
+        sample = avmech.AVSample(
+            video=video, audio=audio, question=question, options=tuple(option), answer=answer,
+            use_video_audio=video_audio,
+        )
+        p = m.prepare(sample)
+    except (InputError, ModelError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"{m}\n{p.tokens.summary()}")

@@ -1,0 +1,97 @@
+"""Model families and `load`: one entry point for real checkpoints and embedded demo models.
+
+``load("tiny-omni", seed=0)`` builds (once, cached on disk) a random model of the real
+architecture and loads it through the same `from_pretrained` path a real checkpoint
+takes; ``load("Qwen/Qwen2.5-Omni-7B")`` or ``load("/path/to/checkpoint")`` loads real
+weights with their processor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from avmech.errors import ModelError
+from avmech.models.base import MEDIA_POLICY_FILE, AVModel, Encoded, Prepared
+from avmech.models.omni import OmniModel, load_omni
+from avmech.models.tiny import OMNI_SIZES, cache_dir, save_omni
+
+EMBEDDED = {name: "qwen2.5-omni" for name in OMNI_SIZES}
+
+
+def embedded_path(name: str, seed: int) -> Path:
+    """The on-disk checkpoint of an embedded model, built on first use."""
+    path = cache_dir() / f"{name}-seed{seed}"
+    if not (path / "config.json").exists():
+        save_omni(name, path, seed=seed)
+        _, pixels = OMNI_SIZES[name]
+        (path / MEDIA_POLICY_FILE).write_text(json.dumps(
+            {"video_min_pixels": pixels["min_pixels"], "video_max_pixels": pixels["max_pixels"],
+             "image_min_pixels": pixels["min_pixels"], "image_max_pixels": pixels["max_pixels"]}
+        ))
+    return path
+
+
+def _resolve(name: str) -> Path:
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    if "/" in name and not path.exists():
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name))
+        except Exception as e:  # offline, unknown repo, no access: all end the same way
+            raise ModelError(
+                f"model {name!r} is neither a local directory nor downloadable here ({type(e).__name__}): "
+                "download it first and pass its directory"
+            ) from e
+    raise ModelError(
+        f"unknown model {name!r}: use an embedded model ({', '.join(sorted(EMBEDDED))}), "
+        "a hub id such as 'Qwen/Qwen2.5-Omni-7B', or a checkpoint directory"
+    )
+
+
+def load(
+    name: str,
+    *,
+    seed: int = 0,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype | str | None = None,
+    **kwargs: Any,
+) -> AVModel:
+    """Load an audio-visual model by embedded name, hub id or checkpoint directory.
+
+    ``attn_implementation`` is "sdpa" (default) or "eager"; kernels that ignore explicit
+    attention masks (flash attention) are refused by the primitives that need masks.
+    Other keyword arguments (``device_map`` ...) go to ``from_pretrained``.
+    """
+    path = embedded_path(name, seed) if name in EMBEDDED else _resolve(name)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ModelError(f"{path} has no config.json: is it a checkpoint directory?")
+    config = json.loads(config_file.read_text())
+    policy_file = path / MEDIA_POLICY_FILE
+    policy = json.loads(policy_file.read_text()) if policy_file.exists() else None
+    model_type = config.get("model_type")
+    dtype = dtype or ("auto" if name not in EMBEDDED else torch.float32)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    opts = dict(attn_implementation=attn_implementation, dtype=dtype, **kwargs)
+    if model_type == "qwen2_5_omni_thinker":
+        return load_omni(path, name=name, media_policy=policy, **opts)
+    if model_type == "qwen2_5_omni":
+        from transformers import Qwen2_5OmniForConditionalGeneration
+
+        from avmech.models.base import load_processor
+
+        full = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(path), enable_audio_output=False, **opts)
+        return OmniModel(full.thinker, load_processor(path), name=name, media_policy=policy)
+    raise ModelError(f"{path}: model type {model_type!r} is not supported: avmech knows qwen2_5_omni(_thinker)")
+
+
+__all__ = ["AVModel", "Encoded", "OmniModel", "Prepared", "load"]

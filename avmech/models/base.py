@@ -1,0 +1,243 @@
+"""AVModel: one audio-visual LLM, traced with nnsight under standard module names.
+
+Every family (Qwen2.5-Omni, video-SALMONN 2+) is an ordinary transformers module tree,
+but the trees spell their parts differently and change between transformers versions.
+avmech finds the parts by probing their structure once at load time and gives them one
+vocabulary of names, bound as nnsight aliases (no module is copied or wrapped):
+
+=================  ==========================================================
+``llm``            the decoder: ``llm.embed_tokens``, ``llm.layers[i]``, ``llm.norm``
+``llm.layers[i]``  a decoder layer: ``.self_attn`` (returns ``(out, weights)``), ``.mlp``
+``ln_final``       the final norm before the unembedding
+``lm_head``        the unembedding
+``audio_encoder``  the audio tower;  ``vision_encoder``: the ViT
+=================  ==========================================================
+
+and checks at load time that each produces the shape it should. A family adapter (a
+subclass) only says how to turn an `AVSample` into model inputs (`prepare`) and how to
+run its encoders (`encode_media`); everything downstream works on any AVModel.
+
+The data flow: ``prepare`` -> `Prepared` (model inputs + `TokenMap`) -> ``encode`` once
+(encoders run, features scattered into the token embeddings, cached on the Prepared)
+-> traces of the LLM alone on those embeddings with explicit 3-D position ids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from jaxtyping import Float, Int
+from nnsight import NNsight
+from torch import nn
+
+from avmech.errors import ModelError
+from avmech.sample import AVSample
+from avmech.tokens import TokenMap
+
+
+# Beside a checkpoint: how media are sampled and sized, where it differs from the family's release.
+MEDIA_POLICY_FILE = "avmech_media.json"
+
+
+@dataclass(frozen=True, eq=False)
+class Prepared:
+    """A sample turned into model inputs, with the map of what each position is.
+
+    ``inputs`` runs the whole model: ``m.hf(**p.inputs)``; it holds the explicit 3-D
+    ``position_ids`` and a 2-D ``attention_mask``. ``answer_ids`` are the token ids of
+    the option letters as the model would write them at the last position.
+    """
+
+    sample: AVSample
+    inputs: dict[str, Any]
+    tokens: TokenMap
+    answer_ids: tuple[int, ...]
+    text: str
+    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def input_ids(self) -> Int[torch.Tensor, "batch pos"]:
+        return self.inputs["input_ids"]
+
+    @property
+    def position_ids(self) -> Int[torch.Tensor, "3 batch pos"]:
+        return self.inputs["position_ids"]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[-1]
+
+    def __repr__(self) -> str:
+        return f"Prepared({self.sample.id or 'sample'!r}, {len(self)} positions)\n{self.tokens.summary()}"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The LLM's inputs after the encoders ran: what every later trace starts from."""
+
+    inputs_embeds: Float[torch.Tensor, "batch pos d_model"]
+    position_ids: Int[torch.Tensor, "3 batch pos"]
+
+
+def _module_path(root: nn.Module, target: nn.Module) -> str:
+    for name, mod in root.named_modules():
+        if mod is target:
+            return name
+    raise ModelError(f"module {type(target).__name__} is not part of the model")
+
+
+def _first_path(root: nn.Module, candidates: tuple[str, ...]) -> str | None:
+    names = dict(root.named_modules())
+    return next((c for c in candidates if c in names), None)
+
+
+class AVModel:
+    """An audio-visual LLM with its processor, traced by nnsight under standard names.
+
+    Subclasses set `family`, the encoder path candidates, and implement `prepare` and
+    `encode_media`.
+    """
+
+    family: str = "base"
+    audio_paths: tuple[str, ...] = ()
+    vision_paths: tuple[str, ...] = ()
+
+    def __init__(self, hf: nn.Module, processor: Any, name: str, media_policy: dict[str, Any] | None = None):
+        self.hf = hf.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        self.media_policy = dict(media_policy or {})
+        self.paths = self._probe_paths()
+        rename = {path: alias for alias, path in self.paths.items() if path != alias}
+        self.nn = NNsight(self.hf, rename=rename)
+        text = self.llm_module.layers[0].self_attn
+        self.n_layers = len(self.llm_module.layers)
+        self.d_model = self.llm_module.embed_tokens.embedding_dim
+        self.n_heads = getattr(text, "num_heads", None) or text.config.num_attention_heads
+        self.n_kv_heads = getattr(text, "num_key_value_heads", None) or text.config.num_key_value_heads
+        self.head_dim = text.head_dim
+        self.d_vocab = self.lm_head_module.out_features
+        self.check_sites()
+
+    # ---- standard names ------------------------------------------------------------
+    def _probe_paths(self) -> dict[str, str]:
+        llm = next(
+            (
+                name
+                for name, mod in self.hf.named_modules()
+                if isinstance(getattr(mod, "layers", None), nn.ModuleList)
+                and isinstance(getattr(mod, "embed_tokens", None), nn.Embedding)
+                and isinstance(getattr(mod, "norm", None), nn.Module)
+            ),
+            None,
+        )
+        if llm is None:
+            raise ModelError(f"{type(self.hf).__name__} has no decoder with embed_tokens/layers/norm")
+        paths = {
+            "llm": llm,
+            "ln_final": f"{llm}.norm",
+            "lm_head": _module_path(self.hf, self.hf.get_output_embeddings()),
+        }
+        for alias, candidates in (("audio_encoder", self.audio_paths), ("vision_encoder", self.vision_paths)):
+            found = _first_path(self.hf, candidates)
+            if found is not None:
+                paths[alias] = found
+        return paths
+
+    def _module(self, alias: str) -> nn.Module:
+        return self.hf.get_submodule(self.paths[alias])
+
+    @property
+    def llm_module(self) -> nn.Module:
+        return self._module("llm")
+
+    @property
+    def lm_head_module(self) -> nn.Module:
+        return self._module("lm_head")
+
+    @property
+    def attn_implementation(self) -> str:
+        return self.hf.config._attn_implementation or "eager"
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm_module.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm_module.embed_tokens.weight.dtype
+
+    def check_sites(self) -> None:
+        """Run the LLM on 3 tokens in a trace and check each standard site's shape."""
+        n = 3
+        ids = torch.zeros(1, n, dtype=torch.long, device=self.device)
+        d, v = self.d_model, self.d_vocab
+        # Read in execution order (nnsight requires it): attention, MLP, layer, norm, head.
+        expect = {
+            "llm.layers[0].self_attn output[0]": (1, n, d),
+            "llm.layers[0].mlp output": (1, n, d),
+            "llm.layers[0] output": (1, n, d),
+            "ln_final output": (1, n, d),
+            "lm_head output": (1, n, v),
+        }
+        layer = self.nn.llm.layers[0]
+        with torch.no_grad(), self.nn.trace(inputs_embeds=self.llm_module.embed_tokens(ids), use_cache=False):
+            attn = layer.self_attn.output[0].shape.save()
+            mlp = layer.mlp.output.shape.save()
+            out = layer.output.shape.save()
+            norm = self.nn.ln_final.output.shape.save()
+            head = self.nn.lm_head.output.shape.save()
+        got = dict(zip(expect, (attn, mlp, out, norm, head)))
+        bad = {k: (tuple(v), expect[k]) for k, v in got.items() if tuple(v) != expect[k]}
+        if bad:
+            raise ModelError(f"{self.name}: standard sites have unexpected shapes (got, expected): {bad}")
+
+    # ---- inputs --------------------------------------------------------------------
+    def prepare(self, sample: AVSample) -> Prepared:
+        raise NotImplementedError
+
+    def encode_media(self, p: Prepared) -> Float[torch.Tensor, "batch pos d_model"]:
+        raise NotImplementedError
+
+    def encode(self, p: Prepared) -> Encoded:
+        """Run the encoders once for ``p`` (cached on it): token embeddings with media features."""
+        if "encoded" not in p._cache:
+            with torch.no_grad():
+                embeds = self.encode_media(p)
+            p._cache["encoded"] = Encoded(embeds, p.position_ids.to(self.device))
+        return p._cache["encoded"]
+
+    def letter_ids(self, n: int) -> tuple[int, ...]:
+        """Token ids of the first ``n`` option letters, as generated after the assistant header."""
+        out = []
+        for letter in "ABCDEFGHIJ"[:n]:
+            ids = self.tokenizer.encode(letter, add_special_tokens=False)
+            if len(ids) != 1:
+                raise ModelError(f"option letter {letter!r} is not one token for this tokenizer: {ids}")
+            out.append(ids[0])
+        return tuple(out)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write weights, processor and media policy: `avmech.load(path)` gives this model back."""
+        path = Path(path)
+        self.hf.save_pretrained(path)
+        self.processor.save_pretrained(path)
+        if self.media_policy:
+            (path / MEDIA_POLICY_FILE).write_text(json.dumps(self.media_policy, indent=1))
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.name!r}: {self.n_layers} layers, d_model {self.d_model}, "
+            f"{self.n_heads} heads / {self.n_kv_heads} kv, vocab {self.d_vocab}, "
+            f"attention {self.attn_implementation})"
+        )
+
+
+def load_processor(path: str | Path):
+    from transformers import AutoProcessor
+
+    return AutoProcessor.from_pretrained(str(path))

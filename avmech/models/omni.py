@@ -1,0 +1,419 @@
+"""Qwen2.5-Omni (thinker only) as an AVModel.
+
+Input layout, as the released model is fed (qwen-omni-utils + `Qwen2_5OmniProcessor`):
+
+- Frames: the clip is sampled at 2 fps (an even count, 4..768 frames, evenly spaced
+  over the native frames), each frame sized to a multiple of 28 px within a per-frame
+  pixel budget that shrinks as the clip gets longer; two frames make one temporal grid
+  step, so a step covers ``second_per_grid = 2 / fps`` seconds.
+- Audio: 16 kHz Whisper log-mel features (128 bins); the encoder emits one token per
+  40 ms, i.e. 25 per second.
+- Audio in video: ``<|vision_bos|><|audio_bos|> [V0][A0][V1][A1] ... <|audio_eos|><|vision_eos|>``
+  where chunk j holds the video tokens and audio tokens whose temporal position index
+  (25 per second) falls in ``[50 j, 50 (j + 1))``, i.e. 2-second chunks. So "video" and
+  "audio" are not contiguous spans; the `TokenMap` records each token's chunk and time.
+- Interleaved items: each image as ``<|vision_bos|><|IMAGE|>...<|vision_eos|>`` and each
+  audio clip as ``<|audio_bos|><|AUDIO|>...<|audio_eos|>``, in question order.
+
+The prompt is assembled here piece by piece (so each piece's role is known), rendered
+with the processor's own chat template conventions (ChatML, the official system
+prompt), expanded by the processor itself, and the two are checked to agree token for
+token. Position ids come from the model's own ``get_rope_index``, computed once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from PIL import Image
+
+from avmech import media
+from avmech.errors import InputError, ModelError
+from avmech.models.base import AVModel, Prepared
+from avmech.sample import AVSample, Item
+from avmech.tokens import TokenMapBuilder
+
+DEFAULT_SYSTEM = (
+    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
+    "perceiving auditory and visual inputs, as well as generating text and speech."
+)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """A run of prompt text (``text``) or of one medium's placeholder tokens (``media``)."""
+
+    text: str
+    role: str
+    attrs: dict[str, Any]
+    media: tuple[dict[str, Any], ...] | None = None
+
+
+def _smart_resize(h: int, w: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's rule: round to multiples of ``factor`` within [min_pixels, max_pixels]."""
+    if max(h, w) / min(h, w) > 200:
+        raise InputError(f"frame aspect ratio {w}x{h} is beyond 200: crop the media")
+    hb, wb = max(factor, round(h / factor) * factor), max(factor, round(w / factor) * factor)
+    if hb * wb > max_pixels:
+        beta = math.sqrt(h * w / max_pixels)
+        hb, wb = max(factor, math.floor(h / beta / factor) * factor), max(factor, math.floor(w / beta / factor) * factor)
+    elif hb * wb < min_pixels:
+        beta = math.sqrt(min_pixels / (h * w))
+        hb, wb = math.ceil(h * beta / factor) * factor, math.ceil(w * beta / factor) * factor
+    return hb, wb
+
+
+class OmniModel(AVModel):
+    """Qwen2.5-Omni thinker. Media policy keys (defaults = the released rules):
+    ``fps``, ``min_frames``, ``max_frames``, ``video_min_pixels``, ``video_max_pixels``,
+    ``video_total_pixels``, ``image_min_pixels``, ``image_max_pixels``."""
+
+    family = "qwen2.5-omni"
+    audio_paths = ("model.audio_tower", "audio_tower")
+    vision_paths = ("model.visual", "visual")
+    default_system = DEFAULT_SYSTEM
+    policy_defaults = dict(
+        fps=2.0, min_frames=4, max_frames=768,
+        video_min_pixels=128 * 28 * 28, video_max_pixels=768 * 28 * 28,
+        video_total_pixels=int(128000 * 28 * 28 * 0.9),
+        image_min_pixels=4 * 28 * 28, image_max_pixels=16384 * 28 * 28,
+    )
+
+    @property
+    def policy(self) -> dict[str, Any]:
+        return {**self.policy_defaults, **self.media_policy}
+
+    @property
+    def config(self):
+        return self.hf.config
+
+    # ---- media -------------------------------------------------------------------
+    def _video_frames(self, s: AVSample) -> tuple[np.ndarray, float, float]:
+        """Frames sampled by the released rules: (frames [T,H,W,3], sample fps, duration s)."""
+        pol = self.policy
+        if isinstance(s.video, np.ndarray):
+            native, native_fps = s.video, float(s.fps)
+            total = len(native)
+        else:
+            info = media.probe(s.video)
+            if not info.has_video:
+                raise InputError(f"{s.video} has no video stream: pass it as audio= instead")
+            native, native_fps = None, float(s.fps or info.fps or 0)
+            total = info.n_frames or int(round(info.duration_s * native_fps))
+        if total < 2 or native_fps <= 0:
+            raise InputError(f"video {s.video if native is None else 'array'} has {total} frame(s): need at least 2")
+        factor = 2
+        n = total / native_fps * pol["fps"]
+        lo = math.ceil(pol["min_frames"] / factor) * factor
+        hi = math.floor(min(pol["max_frames"], total) / factor) * factor
+        n = max(factor, math.floor(min(max(n, lo), hi, total) / factor) * factor)
+        idx = np.linspace(0, total - 1, n).round().astype(int)
+        if native is None:
+            frames = media.read_video(s.video).frames
+            frames = frames[np.minimum(idx, len(frames) - 1)]
+        else:
+            frames = native[idx]
+        return frames, n / total * native_fps, total / native_fps
+
+    def _video_size(self, n_frames: int) -> dict[str, int]:
+        pol = self.policy
+        max_pixels = max(
+            min(pol["video_max_pixels"], pol["video_total_pixels"] / n_frames * 2), int(pol["video_min_pixels"] * 1.05)
+        )
+        return {"shortest_edge": pol["video_min_pixels"], "longest_edge": int(max_pixels)}
+
+    def _audio(self, source, sample_rate: int | None, what: str) -> np.ndarray:
+        if isinstance(source, np.ndarray):
+            wave = media.resample(source, sample_rate, media.SAMPLE_RATE)
+        else:
+            wave = media.read_audio(source)
+        fe = self.processor.feature_extractor
+        limit = fe.n_samples / fe.sampling_rate
+        if len(wave) / media.SAMPLE_RATE > limit + 1e-6:
+            raise InputError(
+                f"{what} lasts {len(wave) / media.SAMPLE_RATE:.1f} s, longer than this model's audio limit "
+                f"of {limit:.0f} s: trim the clip"
+            )
+        if len(wave) < 0.1 * media.SAMPLE_RATE:
+            raise InputError(f"{what} is shorter than 0.1 s: the audio encoder needs at least one token")
+        return wave.astype(np.float32)
+
+    def _image(self, item: Item) -> np.ndarray:
+        if isinstance(item.data, np.ndarray):
+            return item.data
+        path = Path(item.data)
+        if not path.exists():
+            raise InputError(f"image {item.tag}: file '{path}' does not exist: check the path")
+        try:
+            return np.array(Image.open(path).convert("RGB"))
+        except Exception as e:  # PIL raises many types for unreadable files
+            raise InputError(f"image {item.tag}: cannot read '{path}' ({e}): pass a png/jpg file") from e
+
+    # ---- prompt --------------------------------------------------------------------
+    def _user_pieces(self, s: AVSample, has_video: bool, video_audio: bool, has_audio: bool) -> list[Piece]:
+        fmt = s.format
+        pieces: list[Piece] = []
+        if has_video:
+            pieces.append(Piece("<video>", "video", {}, media=({"kind": "video", "with_audio": video_audio},)))
+        elif has_audio:
+            pieces.append(Piece("<audio>", "audio", {}, media=({"kind": "audio", "item": -1},)))
+        if fmt.preamble:
+            pieces.append(Piece(fmt.preamble, "instruction", {}))
+        if fmt.question_prefix:
+            pieces.append(Piece(fmt.question_prefix, "instruction", {}))
+        items = list(s.items)
+        for part in s.question_parts():
+            if isinstance(part, Item):
+                pieces.append(Piece(f"<{part.kind}>", part.kind, {}, media=({"kind": part.kind, "item": items.index(part)},)))
+            else:
+                pieces.append(Piece(part, "question", {}))
+        for i, (letter, text) in enumerate(zip(s.letters, s.options)):
+            line = fmt.option_template.format(letter=letter, text=text)
+            at = line.index(letter)
+            pieces.append(Piece(fmt.sep if i == 0 else fmt.option_sep, "instruction", {}))
+            if at:
+                pieces.append(Piece(line[:at], "option_text", {"option": i}))
+            pieces.append(Piece(letter, "option_letter", {"option": i}))
+            pieces.append(Piece(line[at + 1:], "option_text", {"option": i}))
+        if fmt.suffix:
+            pieces.append(Piece(fmt.suffix, "instruction", {}))
+        return [p for p in pieces if p.text]
+
+    def conversation(self, s: AVSample, pieces: list[Piece]) -> list[dict[str, Any]]:
+        """The chat-template conversation for these pieces (media as content parts)."""
+        content: list[dict[str, Any]] = []
+        for p in pieces:
+            if p.media:
+                content.append({"type": p.media[0]["kind"]})
+            elif content and content[-1]["type"] == "text":
+                content[-1]["text"] += p.text
+            else:
+                content.append({"type": "text", "text": p.text})
+        system = s.system if s.system is not None else self.default_system
+        return [
+            {"role": "system", "content": [{"type": "text", "text": system}]},
+            {"role": "user", "content": content},
+        ]
+
+    def _template_text(self, piece: Piece) -> str:
+        kind = piece.media[0]["kind"] if piece.media else None
+        tok = self.tokenizer
+        return {
+            None: piece.text,
+            "video": f"{tok.vision_bos_token}{tok.video_token}{tok.vision_eos_token}",
+            "image": f"{tok.vision_bos_token}{tok.image_token}{tok.vision_eos_token}",
+            "audio": f"{tok.audio_bos_token}{tok.audio_token}{tok.audio_eos_token}",
+        }[kind]
+
+    # ---- prepare ---------------------------------------------------------------------
+    def prepare(self, s: AVSample) -> Prepared:
+        if not isinstance(s, AVSample):
+            raise InputError(f"prepare takes an avmech.AVSample, got {type(s).__name__}")
+        has_video = s.video is not None
+        video_audio = has_video and (s.audio is not None or (s.use_video_audio and not isinstance(s.video, np.ndarray)))
+        call: dict[str, Any] = {}
+        audios: list[np.ndarray] = []
+        if has_video:
+            if not isinstance(s.video, np.ndarray) and not Path(s.video).exists():
+                raise InputError(f"video file '{s.video}' does not exist: check the path")
+            frames, fps, _ = self._video_frames(s)
+            call["videos"] = [frames]
+            call["videos_kwargs"] = {
+                "size": self._video_size(len(frames)), "fps": fps, "do_sample_frames": False,
+                "cap_pixels_per_frame": False,
+            }
+            if video_audio:
+                if s.audio is None and not media.probe(s.video).has_audio:
+                    raise InputError(
+                        f"video '{s.video}' has no audio track, but its sound was asked for: pass audio=..., "
+                        "or use_video_audio=False for the video-only variant"
+                    )
+                source = s.audio if s.audio is not None else s.video
+                audios.append(self._audio(source, s.sample_rate, "the clip's audio"))
+                call.update(load_audio_from_video=True, audio_from_video_indices=[0])
+        elif s.audio is not None:
+            audios.append(self._audio(s.audio, s.sample_rate, "the audio"))
+        for it in s.question_parts():
+            if isinstance(it, Item) and it.kind == "audio":
+                audios.append(self._audio(it.data, it.sample_rate, f"audio item {it.tag}"))
+        images = [self._image(it) for it in s.question_parts() if isinstance(it, Item) and it.kind == "image"]
+        if images:
+            pol = self.policy
+            call["images"] = images
+            call["images_kwargs"] = {"size": {"shortest_edge": pol["image_min_pixels"], "longest_edge": pol["image_max_pixels"]}}
+        if audios:
+            call["audio"] = audios
+
+        user = self._user_pieces(s, has_video, video_audio, s.audio is not None and not has_video)
+        system = s.system if s.system is not None else self.default_system
+        pieces = [
+            Piece(f"<|im_start|>system\n{system}<|im_end|>\n", "system", {}),
+            Piece("<|im_start|>user\n", "user_header", {}),
+            *user,
+            Piece("<|im_end|>\n", "turn_end", {}),
+            Piece("<|im_start|>assistant\n", "assistant_header", {}),
+        ]
+        text = "".join(self._template_text(p) for p in pieces)
+        out = self.processor(text=text, return_tensors="pt", **call)
+        tokens, expanded = self._token_map(s, pieces, out, video_audio)
+        ids = out["input_ids"]
+        mine = self.tokenizer(expanded, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        if not torch.equal(mine, ids):
+            raise ModelError(
+                "internal: the prompt avmech assembled does not match the processor's tokens; "
+                "please report this with the sample"
+            )
+        self._check_limits(ids.shape[-1])
+        inputs = self._inputs(out, video_audio)
+        return Prepared(
+            sample=s, inputs=inputs, tokens=tokens,
+            answer_ids=self.letter_ids(len(s.options)) if s.options else (), text=text,
+        )
+
+    def _check_limits(self, n: int) -> None:
+        limit = self.config.get_text_config().max_position_embeddings
+        if n > limit:
+            raise InputError(f"the prompt has {n} tokens, beyond this model's {limit}: use a shorter clip or fewer frames")
+
+    def _inputs(self, out, video_audio: bool) -> dict[str, Any]:
+        inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        if "video_second_per_grid" in out:
+            inputs["video_second_per_grid"] = torch.as_tensor(out["video_second_per_grid"], dtype=torch.float)
+        inputs["use_audio_in_video"] = video_audio
+        audio_lengths = inputs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in inputs else None
+        position_ids, _ = self.hf.model.get_rope_index(
+            inputs["input_ids"], inputs.get("image_grid_thw"), inputs.get("video_grid_thw"),
+            inputs["attention_mask"], video_audio, audio_lengths, inputs.get("video_second_per_grid"),
+        )
+        inputs["position_ids"] = position_ids
+        return inputs
+
+    def _media_tokens(self, spec: dict[str, Any], out, counters: dict[str, int], n_audio: list[int]) -> tuple[str, list[dict]]:
+        """Expand one medium into its placeholder string and per-token attributes."""
+        tok, merge = self.tokenizer, self.processor.video_processor.merge_size
+        rate = self.config.position_id_per_seconds
+        marker = lambda s: (s, [{"role": "marker"}])  # noqa: E731
+
+        def audio_run(k0: int, k1: int, chunk: int = -1, item: int = -1) -> list[dict]:
+            return [{"role": "audio", "time": k / rate, "chunk": chunk, "item": item} for k in range(k0, k1)]
+
+        parts: list[tuple[str, list[dict]]] = []
+        if spec["kind"] == "video":
+            t, h, w = (int(x) for x in out["video_grid_thw"][0])
+            h, w = h // merge, w // merge
+            spg = float(out["video_second_per_grid"][0])
+            grid = [(ti, r, c) for ti in range(t) for r in range(h) for c in range(w)]
+            video = [{"role": "video", "time": g[0] * spg, "grid": g} for g in grid]
+            if spec["with_audio"]:
+                na = n_audio[counters["audio"]]
+                counters["audio"] += 1
+                per_chunk = int(rate * self.config.seconds_per_chunk)
+                v_idx = np.array([g[0] for g in grid]) * spg * rate
+                v_chunks = self.processor.get_chunked_index(v_idx, per_chunk)
+                a_chunks = self.processor.get_chunked_index(np.arange(na), per_chunk)
+                parts.append(marker(tok.vision_bos_token))
+                parts.append(marker(tok.audio_bos_token))
+                for j in range(max(len(v_chunks), len(a_chunks))):
+                    if j < len(v_chunks):
+                        a, b = v_chunks[j]
+                        parts.append((tok.video_token * (b - a), [{**v, "chunk": j} for v in video[a:b]]))
+                    if j < len(a_chunks):
+                        a, b = a_chunks[j]
+                        parts.append((tok.audio_token * (b - a), audio_run(a, b, chunk=j)))
+                parts.append(marker(tok.audio_eos_token))
+                parts.append(marker(tok.vision_eos_token))
+            else:
+                parts += [marker(tok.vision_bos_token), (tok.video_token * len(video), video), marker(tok.vision_eos_token)]
+        elif spec["kind"] == "audio":
+            na = n_audio[counters["audio"]]
+            counters["audio"] += 1
+            run = audio_run(0, na, item=spec["item"])
+            parts += [marker(tok.audio_bos_token), (tok.audio_token * na, run), marker(tok.audio_eos_token)]
+        else:
+            _, h, w = (int(x) for x in out["image_grid_thw"][counters["image"]])
+            counters["image"] += 1
+            m = self.processor.image_processor.merge_size
+            cells = [{"role": "image", "grid": (0, r, c), "item": spec["item"]} for r in range(h // m) for c in range(w // m)]
+            parts += [marker(tok.vision_bos_token), (tok.image_token * len(cells), cells), marker(tok.vision_eos_token)]
+        return "".join(p[0] for p in parts), [a for p in parts for a in p[1]]
+
+    def _token_map(self, s: AVSample, pieces: list[Piece], out, video_audio: bool):
+        """TokenMap of the expanded prompt, piece by piece, and the expanded prompt text."""
+        n_audio = []
+        if "feature_attention_mask" in out:
+            lengths = out["feature_attention_mask"].sum(-1)
+            n_audio = [int(x) for x in self.hf.model.audio_tower._get_feat_extract_output_lengths(lengths)[1]]
+        counters = {"audio": 0, "image": 0}
+        b = TokenMapBuilder()
+        expanded = []
+        items = list(s.items)
+        for p in pieces:
+            if p.media:
+                spec = p.media[0]
+                string, attrs = self._media_tokens(spec, out, counters, n_audio)
+                item = spec.get("item", -1)
+                for a in attrs:
+                    it = a.get("item", item)
+                    b.add(
+                        1, a["role"], time=a.get("time", np.nan), chunk=a.get("chunk", -1),
+                        grid=[a["grid"]] if "grid" in a else None,
+                        item=it, item_role=items[it].role if it >= 0 else "",
+                    )
+                expanded.append(string)
+                continue
+            n = len(self.tokenizer(p.text, add_special_tokens=False)["input_ids"])
+            if p.role == "assistant_header":
+                b.add(n - 1, "assistant_header")
+                b.add(1, "last")
+            else:
+                b.add(n, p.role, option=p.attrs.get("option", -1))
+            expanded.append(p.text)
+        tokens = b.build(
+            answer=s.answer, n_options=len(s.options), item_kinds=tuple(it.kind for it in s.items)
+        )
+        return tokens, "".join(expanded)
+
+    # ---- encoders ------------------------------------------------------------------
+    def encode_media(self, p: Prepared) -> Float[torch.Tensor, "batch pos d_model"]:
+        """Token embeddings with the audio/image/video features scattered in at their placeholders."""
+        inp = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in p.inputs.items()}
+        ids = inp["input_ids"]
+        core = self.hf.model
+        embeds = core.get_input_embeddings()(ids)
+        cfg = self.config
+
+        def scatter(embeds, token_id, feats):
+            mask = (ids == token_id).unsqueeze(-1).expand_as(embeds)
+            if int((ids == token_id).sum()) != feats.shape[0]:
+                raise ModelError(f"{feats.shape[0]} features for {int((ids == token_id).sum())} placeholders")
+            return embeds.masked_scatter(mask, feats.to(embeds.dtype))
+
+        if "input_features" in inp:
+            feats = core.get_audio_features(
+                inp["input_features"].to(self.dtype), inp["feature_attention_mask"], return_dict=True
+            ).last_hidden_state
+            embeds = scatter(embeds, cfg.audio_token_id, feats)
+        if "pixel_values" in inp:
+            feats = core.get_image_features(inp["pixel_values"], inp["image_grid_thw"], return_dict=True).pooler_output
+            embeds = scatter(embeds, cfg.image_token_id, torch.cat(feats))
+        if "pixel_values_videos" in inp:
+            feats = core.get_video_features(
+                inp["pixel_values_videos"], inp["video_grid_thw"], return_dict=True
+            ).pooler_output
+            embeds = scatter(embeds, cfg.video_token_id, torch.cat(feats))
+        return embeds
+
+
+def load_omni(path: str | Path, name: str, media_policy: dict[str, Any] | None = None, **kwargs) -> OmniModel:
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    from avmech.models.base import load_processor
+
+    hf = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(str(path), **kwargs)
+    return OmniModel(hf, load_processor(path), name=name, media_policy=media_policy)

@@ -1,0 +1,59 @@
+"""Shared fixtures: embedded tiny models (built into a per-session cache) and small media files."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from avmech import media
+
+
+def pytest_configure(config):
+    torch.set_num_threads(1)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Embedded models are built afresh for the test session, not read from ~/.cache."""
+    old = os.environ.get("AVMECH_CACHE")
+    os.environ["AVMECH_CACHE"] = str(tmp_path_factory.mktemp("avmech-cache"))
+    yield
+    if old is None:
+        os.environ.pop("AVMECH_CACHE", None)
+    else:
+        os.environ["AVMECH_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def omni():
+    import avmech
+
+    return avmech.load("tiny-omni", seed=0)
+
+
+@pytest.fixture(scope="session")
+def omni_eager():
+    import avmech
+
+    return avmech.load("tiny-omni", seed=0, attn_implementation="eager")
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory):
+    """clip.mp4 (4.5 s, 8 fps, a moving square, a rising chirp), silent.mp4, tone.wav, img*.png."""
+    d = tmp_path_factory.mktemp("media")
+    frames = media.moving_shape_frames(36, 56, 84, "square", color=(240, 40, 40), background=(20, 20, 60))
+    media.write_video(d / "clip.mp4", frames, fps=8, audio=media.chirp(300, 900, 4.5))
+    media.write_video(d / "silent.mp4", frames[:16], fps=8)
+    media.write_audio(d / "tone.wav", media.tone(440, 1.5))
+    from PIL import Image
+
+    for i, color in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]):
+        img = np.zeros((56, 56, 3), dtype=np.uint8)
+        img[8:48, 8:48] = color
+        Image.fromarray(img).save(d / f"img{i + 1}.png")
+    return d
