@@ -5,9 +5,27 @@
     print(p.tokens)
 """
 
+from avmech import metrics
 from avmech.errors import InputError, ModelError
+from avmech.interventions import (
+    Ablate,
+    ActivationPatch,
+    AttentionKnockout,
+    AttentionRead,
+    Capture,
+    Intervention,
+    LogitLens,
+    RunContext,
+    RunResult,
+    Site,
+    TokenDrop,
+)
 from avmech.models import AVModel, Prepared, load
 from avmech.sample import AVSample, Item, PromptFormat
 from avmech.tokens import Group, TokenMap
 
-__all__ = ["AVModel", "AVSample", "Group", "InputError", "Item", "ModelError", "Prepared", "PromptFormat", "TokenMap", "load"]
+__all__ = [
+    "AVModel", "AVSample", "Ablate", "ActivationPatch", "AttentionKnockout", "AttentionRead", "Capture", "Group",
+    "InputError", "Intervention", "Item", "LogitLens", "ModelError", "Prepared", "PromptFormat", "RunContext", "RunResult", "Site",
+    "TokenDrop", "TokenMap", "load", "metrics",
+]

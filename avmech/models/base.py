@@ -211,6 +211,19 @@ class AVModel:
             p._cache["encoded"] = Encoded(embeds, p.position_ids.to(self.device))
         return p._cache["encoded"]
 
+    # ---- running ---------------------------------------------------------------------
+    def run(self, p: Prepared, interventions=()):
+        """Run the LLM on ``p`` with a list of primitives in one trace: a `RunResult`."""
+        from avmech.interventions.run import run
+
+        return run(self, p, list(interventions))
+
+    def run_many(self, p: Prepared, conditions):
+        """Run each condition (a list of primitives) on ``p``; results in the same order."""
+        from avmech.interventions.run import run_many
+
+        return run_many(self, p, conditions)
+
     def letter_ids(self, n: int) -> tuple[int, ...]:
         """Token ids of the first ``n`` option letters, as generated after the assistant header."""
         out = []

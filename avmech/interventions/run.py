@@ -1,0 +1,130 @@
+"""Running a list of primitives on a prepared sample, in one nnsight trace of the LLM.
+
+The encoders run once per sample (`AVModel.encode`, cached); each run traces the LLM
+alone on the cached embeddings with explicit 3-D position ids. The trace has one invoke
+that feeds the input and reads the answer, and one empty invoke per primitive (each
+primitive then only needs its own accesses in layer order), ordered by stage:
+structure (token drops), then edits (knockouts, patches, ablations), then reads (lens,
+attention, captures), so that readouts see the edited run.
+
+Only the last position goes through the unembedding: the final norm's output is cut to
+it inside the trace, so a 20,000-token input never builds a ``[pos, d_vocab]`` tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Sequence
+
+import nnsight
+import torch
+from jaxtyping import Float
+
+from avmech.interventions.base import Intervention, RunContext
+from avmech.interventions.drop import TokenDrop
+
+if TYPE_CHECKING:
+    from avmech.models.base import AVModel, Prepared
+
+STAGES = ("structure", "edit", "read")
+
+
+@dataclass(frozen=True, eq=False)
+class RunResult:
+    """What one run gives: the last position's logits, answer metrics and each readout.
+
+    ``result[i]`` or ``result[primitive]`` is the readout of the i-th / that primitive
+    (``None`` for edits)."""
+
+    logits: Float[torch.Tensor, " d_vocab"]
+    answer_ids: tuple[int, ...]
+    answer: int | None
+    interventions: tuple[Intervention, ...]
+    readouts: tuple[Any, ...]
+
+    def __getitem__(self, key: int | Intervention) -> Any:
+        if isinstance(key, int):
+            return self.readouts[key]
+        for i, r in zip(self.interventions, self.readouts):
+            if i is key or i == key:
+                return r
+        raise KeyError(f"{key!r} was not part of this run")
+
+    @property
+    def probs(self) -> Float[torch.Tensor, " d_vocab"]:
+        return torch.softmax(self.logits.float(), dim=-1)
+
+    @property
+    def letter_probs(self) -> Float[torch.Tensor, " option"]:
+        """Probability of each option letter at the last position (softmax over the whole vocabulary)."""
+        return self.probs[list(self.answer_ids)]
+
+    @property
+    def p_correct(self) -> float:
+        """Probability of the correct option's letter."""
+        if self.answer is None:
+            raise ValueError("this sample has no answer: p_correct is undefined")
+        return float(self.letter_probs[self.answer])
+
+    @property
+    def pred(self) -> int:
+        """Index of the option whose letter has the highest logit."""
+        if not self.answer_ids:
+            raise ValueError("this sample has no options")
+        return int(torch.argmax(self.logits[list(self.answer_ids)]))
+
+    @property
+    def correct(self) -> bool:
+        return self.answer is not None and self.pred == self.answer
+
+
+def _llm_inputs(m: AVModel, p: Prepared) -> dict[str, Any]:
+    enc = m.encode(p)
+    return {
+        "inputs_embeds": enc.inputs_embeds,
+        "position_ids": enc.position_ids,
+        "attention_mask": p.inputs["attention_mask"].to(m.device),
+        "use_cache": False,
+    }
+
+
+def prepare_interventions(m: AVModel, p: Prepared, interventions: Sequence[Intervention]):
+    """Bind and check every primitive against model and sample; build the run context."""
+    bad = [i for i in interventions if not isinstance(i, Intervention)]
+    if bad:
+        raise TypeError(f"not interventions: {bad!r}; pass avmech primitives (AttentionKnockout(...), ...)")
+    bound = [i.bind(m, p) for i in interventions]
+    ctx = RunContext(m, p, [i for i in bound if isinstance(i, TokenDrop)])
+    for i in bound:
+        i.check(ctx)
+    return bound, ctx
+
+
+def run(m: AVModel, p: Prepared, interventions: Sequence[Intervention] = ()) -> RunResult:
+    """Run the LLM on ``p`` with ``interventions`` applied in one trace."""
+    bound, ctx = prepare_interventions(m, p, interventions)
+    order = sorted(range(len(bound)), key=lambda k: STAGES.index(bound[k].stage))
+    readouts: dict[int, Any] = {}
+    with torch.no_grad(), m.nn.trace() as tracer:
+        with tracer.invoke(**_llm_inputs(m, p)):
+            m.nn.ln_final.output = m.nn.ln_final.output[:, -1:]
+            logits = m.nn.lm_head.output[0, -1].save()
+        for k in order:
+            with tracer.invoke():
+                value = bound[k].apply(ctx)
+                if value is not None:
+                    readouts[k] = nnsight.save(value)
+    return RunResult(
+        logits=logits.detach().float(),
+        answer_ids=p.answer_ids,
+        answer=p.sample.answer,
+        interventions=tuple(bound),
+        readouts=tuple(readouts.get(k) for k in range(len(bound))),
+    )
+
+
+def run_many(m: AVModel, p: Prepared, conditions: Sequence[Sequence[Intervention]]) -> list[RunResult]:
+    """Run each condition (a list of primitives) on ``p``; results in the same order.
+
+    The encoders run once for all conditions."""
+    return [run(m, p, list(c)) for c in conditions]
