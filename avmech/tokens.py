@@ -49,6 +49,7 @@ ROLES: tuple[str, ...] = (
     "turn_end",          # <|im_end|>\n closing the user turn
     "assistant_header",  # <|im_start|>assistant, without the final position
     "last",              # the final position, where the answer letter is read
+    "generated",         # positions written by the model after the prompt (see `TokenMap.extended`)
 )
 ROLE_CODE = {r: i for i, r in enumerate(ROLES)}
 ITEM_ROLES = ("", "candidate", "reference")
@@ -157,6 +158,15 @@ class TokenMap:
 
     def __len__(self) -> int:
         return len(self.role)
+
+    def extended(self, n_new: int) -> TokenMap:
+        """This map followed by ``n_new`` positions of role ``generated`` (for generation)."""
+        b = TokenMapBuilder()
+        b.add(n_new, "generated")
+        tail = b.build(answer=self.answer, n_options=self.n_options)
+        cat = {f: np.concatenate([getattr(self, f), getattr(tail, f)])
+               for f in ("role", "item", "item_role", "option", "time", "grid", "chunk")}
+        return TokenMap(**cat, answer=self.answer, n_options=self.n_options, item_kinds=self.item_kinds)
 
     @property
     def roles(self) -> list[str]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import nnsight
 import torch
 from jaxtyping import Float
+from transformers import Cache
 
 from avmech.interventions.base import Intervention, RunContext
 from avmech.interventions.drop import TokenDrop
@@ -78,13 +79,14 @@ class RunResult:
         return self.answer is not None and self.pred == self.answer
 
 
-def _llm_inputs(m: AVModel, p: Prepared) -> dict[str, Any]:
+def _llm_inputs(m: AVModel, p: Prepared, cache: Cache | None = None) -> dict[str, Any]:
     enc = m.encode(p)
     return {
         "inputs_embeds": enc.inputs_embeds,
         "position_ids": enc.position_ids,
         "attention_mask": p.inputs["attention_mask"].to(m.device),
-        "use_cache": False,
+        "past_key_values": cache,
+        "use_cache": cache is not None,
     }
 
 
@@ -100,13 +102,13 @@ def prepare_interventions(m: AVModel, p: Prepared, interventions: Sequence[Inter
     return bound, ctx
 
 
-def run(m: AVModel, p: Prepared, interventions: Sequence[Intervention] = ()) -> RunResult:
-    """Run the LLM on ``p`` with ``interventions`` applied in one trace."""
+def run(m: AVModel, p: Prepared, interventions: Sequence[Intervention] = (), cache: Cache | None = None) -> RunResult:
+    """Run the LLM on ``p`` with ``interventions`` applied in one trace (filling ``cache`` if given)."""
     bound, ctx = prepare_interventions(m, p, interventions)
     order = sorted(range(len(bound)), key=lambda k: STAGES.index(bound[k].stage))
     readouts: dict[int, Any] = {}
     with torch.no_grad(), m.nn.trace() as tracer:
-        with tracer.invoke(**_llm_inputs(m, p)):
+        with tracer.invoke(**_llm_inputs(m, p, cache)):
             m.nn.ln_final.output = m.nn.ln_final.output[:, -1:]
             logits = m.nn.lm_head.output[0, -1].save()
         for k in order:

@@ -224,6 +224,12 @@ class AVModel:
 
         return run_many(self, p, conditions)
 
+    def generate(self, p: Prepared, interventions=(), max_new_tokens: int = 8):
+        """Greedy continuation of ``p`` under ``interventions`` (see `avmech.interventions.generate`)."""
+        from avmech.interventions.generate import generate
+
+        return generate(self, p, list(interventions), max_new_tokens=max_new_tokens)
+
     def letter_ids(self, n: int) -> tuple[int, ...]:
         """Token ids of the first ``n`` option letters, as generated after the assistant header."""
         out = []
