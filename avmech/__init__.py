@@ -13,6 +13,7 @@ from avmech.interventions import (
     AttentionKnockout,
     AttentionRead,
     Capture,
+    EdgeKnockout,
     Intervention,
     LogitLens,
     RunContext,
@@ -25,7 +26,7 @@ from avmech.sample import AVSample, Item, PromptFormat
 from avmech.tokens import Group, TokenMap
 
 __all__ = [
-    "AVModel", "AVSample", "Ablate", "ActivationPatch", "AttentionKnockout", "AttentionRead", "Capture", "Group",
+    "AVModel", "AVSample", "Ablate", "ActivationPatch", "AttentionKnockout", "AttentionRead", "Capture", "EdgeKnockout", "Group",
     "InputError", "Intervention", "Item", "LogitLens", "ModelError", "Prepared", "PromptFormat", "RunContext", "RunResult", "Site",
     "TokenDrop", "TokenMap", "load", "metrics",
 ]

@@ -40,3 +40,34 @@ def inspect(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     typer.echo(f"{m}\n{p.tokens.summary()}")
+
+
+def _shard(text: str | None) -> tuple[int, int] | None:
+    if text is None:
+        return None
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"--shard {text!r}: write i/n, e.g. 0/4") from None
+    return i, n
+
+
+@app.command()
+def run(
+    experiment: Path = typer.Argument(..., help="an experiment file (experiments/*.toml)"),
+    model: str = typer.Option(None, help="override the experiment's model"),
+    data: str = typer.Option(None, help="root of a local copy of the data set (default: the synthetic demo set)"),
+    limit: int = typer.Option(None, help="use at most this many samples"),
+    shard: str = typer.Option(None, help="run shard i/n of the samples (e.g. 0/4)"),
+    results: Path = typer.Option(Path("results"), help="where results/<experiment>/<model>/ go"),
+) -> None:
+    """Run (or resume) an experiment and write its records."""
+    from avmech.experiment import load_experiment, run_experiment
+
+    try:
+        exp = load_experiment(experiment, model=model, root=data, limit=limit)
+        out = run_experiment(exp, results, _shard(shard))
+    except (InputError, ModelError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"records: {out / 'records.parquet'}")

@@ -72,7 +72,7 @@ def generate(
                     mask[:, heads, :, blocked] = torch.finfo(m.dtype).min
             masks.append(mask)
         with torch.no_grad(), m.nn.trace() as tracer:
-            with tracer.invoke(inputs_embeds=embeds, position_ids=position_ids, past_key_values=cache, use_cache=True):
+            with tracer.invoke(inputs_embeds=embeds, position_ids=position_ids, use_cache=True, **{m.cache_kwarg: cache}):
                 for layer in range(m.n_layers):
                     attn = m.nn.llm.layers[layer].self_attn
                     args, kwargs = attn.inputs

@@ -76,28 +76,73 @@ class AttentionKnockout(Intervention):
     def apply(self, ctx: RunContext) -> None:
         src, dst = ctx.positions(self.src), ctx.positions(self.dst)
         for layer in ctx.check_layers(self.layers, "AttentionKnockout"):
-            attn = ctx.layer(layer).self_attn
-            args, kwargs = attn.inputs
-            hidden = args[0] if args else kwargs["hidden_states"]
             alive = ctx.alive(layer)
-            keep_src = src[torch.isin(src, alive)]
-            keep_dst = dst[torch.isin(dst, alive)]
-            if not len(keep_src) or not len(keep_dst):
-                continue
-            q, k = ctx.local(keep_dst, layer), ctx.local(keep_src, layer)
-            base = kwargs.get("attention_mask")
-            n = hidden.shape[1]
-            if base is None:
-                mask = causal_mask(n, n, hidden.dtype, hidden.device)
-            elif base.dtype == torch.bool:  # True = may attend
-                mask = torch.zeros(base.shape, dtype=hidden.dtype, device=base.device)
-                mask = mask.masked_fill(~base, torch.finfo(hidden.dtype).min)
-            else:
-                mask = base.clone()  # never edit in place: one mask tensor is shared by all layers
-            if self.heads is not None:
-                mask = mask.expand(mask.shape[0], ctx.m.n_heads, n, n).clone()
-                heads = torch.tensor(self.heads)
-                mask[:, heads[:, None, None], q[None, :, None], k[None, None, :]] = torch.finfo(mask.dtype).min
-            else:
-                mask[:, :, q[:, None], k[None, :]] = torch.finfo(mask.dtype).min
-            attn.inputs = (args, {**kwargs, "attention_mask": mask})
+            keep_src, keep_dst = src[torch.isin(src, alive)], dst[torch.isin(dst, alive)]
+            if len(keep_src) and len(keep_dst):
+                q, k = ctx.local(keep_dst, layer), ctx.local(keep_src, layer)
+                block(ctx, layer, (q[:, None], k[None, :]), self.heads)
+
+
+class EdgeKnockout(Intervention):
+    """Block an explicit set of (query, key) position pairs in ``layers``: the random-edge
+    control of a group knockout, or any hand-picked edge set."""
+
+    pairs: tuple[tuple[int, int], ...]
+    layers: int | range | tuple[int, ...] | list[int]
+
+    stage: ClassVar = "edit"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", layer_list(self.layers))
+        object.__setattr__(self, "pairs", tuple((int(q), int(k)) for q, k in self.pairs))
+        if any(k > q for q, k in self.pairs):
+            raise InputError("EdgeKnockout pairs are (query, key) with key <= query (attention is causal)")
+
+    def check(self, ctx: RunContext) -> None:
+        ctx.require_masks("EdgeKnockout")
+        ctx.check_layers(self.layers, "EdgeKnockout")
+        if self.pairs and max(q for q, _ in self.pairs) >= ctx.n:
+            raise InputError(f"EdgeKnockout pairs reach beyond the sample's {ctx.n} positions")
+        rows: dict[int, set[int]] = {}
+        for q, k in self.pairs:
+            rows.setdefault(q, set()).add(k)
+        starved = sorted(q for q, keys in rows.items() if len(keys) == q + 1)  # keys 0..q all blocked
+        if starved:
+            raise InputError(f"EdgeKnockout leaves positions {starved[:5]} with no key to attend to")
+
+    def apply(self, ctx: RunContext) -> None:
+        if not self.pairs:
+            return
+        q, k = torch.tensor(self.pairs).T
+        for layer in ctx.check_layers(self.layers, "EdgeKnockout"):
+            alive = ctx.alive(layer)
+            live = torch.isin(q, alive) & torch.isin(k, alive)
+            if live.any():
+                block(ctx, layer, (ctx.local(q[live], layer), ctx.local(k[live], layer)), None)
+
+
+def block(ctx: RunContext, layer: int, index: tuple[torch.Tensor, torch.Tensor], heads: tuple[int, ...] | None) -> None:
+    """Set dtype-min at ``mask[..., index]`` in ``layer``'s attention mask (local indices).
+
+    Starts from the mask the layer already receives (a copy: one tensor is shared by
+    every layer), or from a causal mask where the kernel would run without one."""
+    attn = ctx.layer(layer).self_attn
+    args, kwargs = attn.inputs
+    hidden = args[0] if args else kwargs["hidden_states"]
+    base = kwargs.get("attention_mask")
+    n = hidden.shape[1]
+    low = torch.finfo(hidden.dtype).min
+    if base is None:
+        mask = causal_mask(n, n, hidden.dtype, hidden.device)
+    elif base.dtype == torch.bool:  # True = may attend
+        mask = torch.zeros(base.shape, dtype=hidden.dtype, device=base.device).masked_fill(~base, low)
+    else:
+        mask = base.clone()
+    q, k = index
+    if heads is not None:
+        mask = mask.expand(mask.shape[0], ctx.m.n_heads, n, n).clone()
+        h = torch.tensor(heads).view(-1, *([1] * q.dim()))
+        mask[:, h, q.unsqueeze(0), k.unsqueeze(0)] = low
+    else:
+        mask[:, :, q, k] = low
+    attn.inputs = (args, {**kwargs, "attention_mask": mask})

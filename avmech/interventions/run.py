@@ -81,13 +81,15 @@ class RunResult:
 
 def _llm_inputs(m: AVModel, p: Prepared, cache: Cache | None = None) -> dict[str, Any]:
     enc = m.encode(p)
-    return {
+    inputs = {
         "inputs_embeds": enc.inputs_embeds,
         "position_ids": enc.position_ids,
         "attention_mask": p.inputs["attention_mask"].to(m.device),
-        "past_key_values": cache,
         "use_cache": cache is not None,
     }
+    if cache is not None:
+        inputs[m.cache_kwarg] = cache
+    return inputs
 
 
 def prepare_interventions(m: AVModel, p: Prepared, interventions: Sequence[Intervention]):

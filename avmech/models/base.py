@@ -24,6 +24,7 @@ The data flow: ``prepare`` -> `Prepared` (model inputs + `TokenMap`) -> ``encode
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,11 @@ class AVModel:
     @property
     def attn_implementation(self) -> str:
         return self.hf.config._attn_implementation or "eager"
+
+    @property
+    def cache_kwarg(self) -> str:
+        """The forward's name for a KV cache: ``cache`` from transformers 5.24, ``past_key_values`` before."""
+        return "cache" if "cache" in inspect.signature(self.hf.forward).parameters else "past_key_values"
 
     @property
     def device(self) -> torch.device:

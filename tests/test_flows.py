@@ -1,0 +1,239 @@
+"""Flows, experiments and the resumable store on the tiny model and the synthetic sets."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import avmech
+from avmech import AttentionKnockout, AttentionRead, TokenDrop, data
+from avmech.cli import app
+from avmech.errors import InputError
+from avmech.experiment import load_experiment, run_experiment
+from avmech.flows import FLOWS
+from avmech.flows.attention import AttentionParams, attention_allocation, find_sinks
+from avmech.flows.common import windows
+from avmech.flows.discard import DiscardParams, token_discard
+from avmech.flows.knockout import KnockoutParams, knockout_sweep, random_pairs
+from avmech.flows.lens import LensParams, letter_lens
+from avmech.store import RecordStore
+
+EXPERIMENTS = sorted(Path(__file__).resolve().parents[1].glob("experiments/*.toml"))
+
+
+@pytest.fixture(scope="module")
+def av_samples():
+    return data.read("av-speakerbench", data.synthetic.ensure("av-speakerbench", n=8), limit=3)
+
+
+@pytest.fixture(scope="module")
+def odyssey_samples():
+    return data.read("av-odyssey", data.synthetic.ensure("av-odyssey", n=8), limit=2)
+
+
+def test_windows_are_centred_and_clipped():
+    w = windows(12, 7)
+    assert [(x.start, x.stop) for x in w[:2]] == [(0, 4), (0, 5)]
+    assert (w[6].start, w[6].stop) == (3, 10) and all(x.start <= x.centre < x.stop for x in w)
+    assert (w[-1].start, w[-1].stop) == (8, 12)
+    assert [(x.start, x.stop) for x in windows(4, 7)][0] == (0, 3)  # k cut to the depth
+
+
+def test_sweep_dp_equals_a_single_run(omni, av_samples):
+    params = KnockoutParams(edges=[["audio", "question"], ["video", "last"]], k=[3], only_correct=False)
+    records = list(knockout_sweep(omni, av_samples[:1], params))
+    base = [r for r in records if r["condition"] == "base"]
+    conds = [r for r in records if r["condition"] != "base"]
+    assert len(base) == 1 and len(conds) == 2 * omni.n_layers
+    p = omni.prepare(av_samples[0])
+    for r in conds[:: omni.n_layers // 2]:
+        single = omni.run(p, [AttentionKnockout(r["src"], r["dst"], range(r["start"], r["stop"]))])
+        assert r["dp"] == pytest.approx(avmech.metrics.dp(single, omni.run(p)), abs=1e-6)
+        assert r["p_correct"] == pytest.approx(single.p_correct, abs=1e-7)
+
+
+def test_only_correct_skips_wrong_samples(omni, av_samples):
+    params = KnockoutParams(edges=[["audio", "last"]], k=[1], only_correct=True)
+    records = list(knockout_sweep(omni, av_samples, params))
+    by_sample = pd.DataFrame(records).groupby("sample_id")
+    for _, g in by_sample:
+        base = g[g.condition == "base"].iloc[0]
+        assert (len(g) > 1) == bool(base["correct"])
+
+
+def test_random_control_blocks_as_many_edges_per_row(omni, av_samples):
+    import numpy as np
+
+    from avmech.flows.knockout import Edge
+
+    p = omni.prepare(av_samples[0])
+    edge = Edge(src="audio", dst="question")
+    pairs = random_pairs(p, edge, np.random.default_rng(0))
+    audio = set(p.tokens.positions("audio").tolist())
+    for q in p.tokens.positions("question").tolist():
+        keys = [k for qq, k in pairs if qq == q]
+        assert len(keys) == sum(1 for a in audio if a <= q) and not audio & set(keys) and q not in keys
+
+
+def test_lens_flow_last_layer_is_the_answer(omni, av_samples):
+    records = list(letter_lens(omni, av_samples[:2], LensParams()))
+    assert len(records) == 2 * omni.n_layers
+    last = [r for r in records if r["layer"] == omni.n_layers - 1]
+    for r in last:
+        assert r["p_layer"] == pytest.approx(r["p_correct"], abs=1e-6)
+        assert r["pred_layer"] == r["pred"]
+
+
+def test_attention_allocation_sums_to_one_per_layer(omni, av_samples):
+    records = pd.DataFrame(attention_allocation(omni, av_samples[:1], AttentionParams(queries=["last"])))
+    sums = records.groupby("layer")["mass"].sum()
+    assert len(sums) == omni.n_layers and ((sums - 1).abs() < 1e-5).all()
+    p = omni.prepare(av_samples[0])
+    direct = omni.run(p, [AttentionRead([1], "last", ("audio",))])[0][0, ..., 0].mean()
+    row = records[(records.layer == 1) & (records.key_group == "audio")]
+    assert float(row["mass"].iloc[0]) == pytest.approx(float(direct), abs=1e-6)
+
+
+def test_find_sinks_flags_outlier_norms():
+    norms = torch.ones(2, 50)
+    norms[1, 7] = 40.0
+    norms += torch.linspace(0, 0.1, 50)
+    assert find_sinks(norms, z=6.0).tolist() == [7]
+
+
+def test_discard_flow_times_and_scores(omni, av_samples):
+    params = DiscardParams(settings=[{"name": "av", "drops": [{"group": "audio | video", "after": 0.5}]}], repeats=1)
+    records = list(token_discard(omni, av_samples[:1], params))
+    full, cut = records
+    assert full["setting"] == "full" and cut["setting"] == "av" and cut["drops"] == "audio | video@1"
+    assert cut["prefill_ms"] > 0 and full["prefill_ms"] > 0
+    p = omni.prepare(av_samples[0])
+    ref = omni.run(p, [TokenDrop("audio | video", 1)])
+    assert cut["p_correct"] == pytest.approx(ref.p_correct, abs=1e-7)
+    assert cut["n_kept_last_layer"] == len(p) - len(p.tokens.group("audio | video"))
+
+
+def test_interleaved_sweep_runs(omni, odyssey_samples):
+    params = KnockoutParams(edges=[["candidates", "reference"], ["reference", "last"], ["incorrect", "last"]],
+                            k=[2], only_correct=False)
+    records = pd.DataFrame(knockout_sweep(omni, odyssey_samples, params))
+    assert set(records.edge.dropna()) == {"candidates->reference", "reference->last", "incorrect->last"}
+
+
+def _exp(tmp_path, text: str) -> Path:
+    path = tmp_path / "exp.toml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+name = "t"
+flow = "knockout_sweep"
+[data]
+dataset = "av-speakerbench"
+n_synthetic = 8
+limit = 3
+[params]
+edges = [["audio", "last"], ["video", "question"]]
+k = [2]
+only_correct = false
+"""
+
+
+@pytest.mark.parametrize("bad,field", [
+    (GOOD.replace('flow = "knockout_sweep"', 'flow = "sweep"'), "flow"),
+    (GOOD.replace("k = [2]", 'k = ["two"]'), "params.k"),
+    (GOOD.replace("only_correct = false", "only_correct = false\nwindow = 3"), "params.window"),
+    (GOOD.replace('dataset = "av-speakerbench"', 'dataset = "mmlu"'), "data.dataset"),
+    (GOOD.replace("limit = 3", "limit = 0"), "data.limit"),
+    (GOOD.replace('name = "t"', 'name = "a b"'), "name"),
+])
+def test_invalid_configs_name_their_field(tmp_path, bad, field):
+    with pytest.raises(InputError, match=field.replace(".", r"\.")):
+        load_experiment(_exp(tmp_path, bad))
+
+
+def test_a_killed_run_resumes_without_loss_or_repeats(omni, tmp_path, monkeypatch):
+    exp = load_experiment(_exp(tmp_path, GOOD))
+    whole = pd.read_parquet(run_experiment(exp, tmp_path / "whole", model=omni) / "records.parquet")
+    calls = {"n": 0}
+    append = RecordStore.append
+
+    def dying(self, records):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # killed while writing the 5th record
+        append(self, records)
+
+    monkeypatch.setattr(RecordStore, "append", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(exp, tmp_path / "killed", model=omni)
+    log = tmp_path / "killed" / "t" / "tiny-omni" / "records.jsonl"
+    with open(log, "a") as f:
+        f.write('{"sample_id": "torn')  # a torn line from a kill mid-write
+    monkeypatch.setattr(RecordStore, "append", append)
+    resumed = pd.read_parquet(run_experiment(exp, tmp_path / "killed", model=omni) / "records.parquet")
+    key = ["sample_id", "condition"]
+    assert not resumed.duplicated(key).any()
+    assert len(resumed) == len(whole) and len(json.loads(log.read_text().splitlines()[0]))
+    merged = whole.merge(resumed, on=key, suffixes=("", "_r"))
+    assert len(merged) == len(whole)
+    assert (merged["p_correct"] - merged["p_correct_r"]).abs().max() < 1e-7
+    env = json.loads((tmp_path / "killed" / "t" / "tiny-omni" / "env.json").read_text())
+    assert len(env) == 2 and {"torch", "transformers", "nnsight", "git_revision", "device"} <= set(env[0])
+
+
+def test_shards_partition_the_samples(omni, tmp_path):
+    exp = load_experiment(_exp(tmp_path, GOOD))
+    for i in range(2):
+        run_experiment(exp, tmp_path, shard=(i, 2), model=omni)
+    out = tmp_path / "t" / "tiny-omni"
+    shards = pd.read_parquet(out / "records.parquet")
+    assert sorted(shards.sample_id.unique()) == sorted(s.id for s in data.read(
+        "av-speakerbench", data.synthetic.ensure("av-speakerbench", n=8), limit=3))
+    with pytest.raises(InputError, match="shard"):
+        run_experiment(exp, tmp_path, shard=(2, 2), model=omni)
+
+
+def test_every_experiment_file_is_valid():
+    assert len(EXPERIMENTS) >= 8
+    flows = {load_experiment(path).flow for path in EXPERIMENTS}
+    assert flows == set(FLOWS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_every_experiment_runs_on_the_embedded_default(path, tmp_path):
+    if path.stem == "effective_pathway":
+        CliRunner().invoke(app, ["run", str(path.parent / "av_video_knockout.toml"), "--results", str(tmp_path)])
+    result = CliRunner().invoke(app, ["run", str(path), "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / load_experiment(path).name / "tiny-omni" / "records.parquet").exists()
+
+
+def test_cli_run_limits_and_reports(tmp_path):
+    path = Path(__file__).resolve().parents[1] / "experiments" / "letter_lens.toml"
+    result = CliRunner().invoke(app, ["run", str(path), "--limit", "1", "--results", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    records = pd.read_parquet(tmp_path / "letter_lens" / "tiny-omni" / "records.parquet")
+    assert records.sample_id.nunique() == 1
+    bad = CliRunner().invoke(app, ["run", str(tmp_path / "missing.toml")])
+    assert bad.exit_code == 2 and "does not exist" in bad.output
+
+
+def test_edge_knockout_of_a_rectangle_equals_the_group_knockout(omni, av_samples):
+    from avmech import EdgeKnockout
+
+    p = omni.prepare(av_samples[0])
+    src, dst = p.tokens.positions("audio").tolist(), p.tokens.positions("question | last").tolist()
+    pairs = [(q, k) for q in dst for k in src if k <= q]
+    group = omni.run(p, [AttentionKnockout("audio", "question | last", [1, 2])]).logits
+    edges = omni.run(p, [EdgeKnockout(pairs, [1, 2])]).logits
+    assert (group - edges).abs().max() < 1e-6 and (group - omni.run(p).logits).abs().max() > 1e-4
+    with pytest.raises(InputError, match="no key to attend to"):
+        omni.run(p, [EdgeKnockout([(3, k) for k in range(4)], [0])])
