@@ -127,8 +127,3 @@ def run(m: AVModel, p: Prepared, interventions: Sequence[Intervention] = (), cac
     )
 
 
-def run_many(m: AVModel, p: Prepared, conditions: Sequence[Sequence[Intervention]]) -> list[RunResult]:
-    """Run each condition (a list of primitives) on ``p``; results in the same order.
-
-    The encoders run once for all conditions."""
-    return [run(m, p, list(c)) for c in conditions]

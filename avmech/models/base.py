@@ -225,8 +225,10 @@ class AVModel:
         return run(self, p, list(interventions))
 
     def run_many(self, p: Prepared, conditions):
-        """Run each condition (a list of primitives) on ``p``; results in the same order."""
-        from avmech.interventions.run import run_many
+        """Run each condition (a list of primitives) on ``p``; results in the same order.
+
+        Knockout conditions recompute only their affected region (`avmech.interventions.region`)."""
+        from avmech.interventions.region import run_many
 
         return run_many(self, p, conditions)
 
