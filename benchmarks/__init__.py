@@ -1,0 +1,1 @@
+"""avmech benchmarks: compared variants run side by side in one process, printed as ratios."""
