@@ -9,6 +9,7 @@ task fields, so that figure scripts can split by task without the samples.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -53,7 +54,8 @@ def windows(n_layers: int, k: int) -> list[Window]:
 
 def sample_fields(s: AVSample) -> dict[str, Any]:
     """The record columns that identify a sample and its task."""
-    out: dict[str, Any] = {"sample_id": s.id or f"sample-{abs(hash(s.question)) % 10**8}"}
+    stable = hashlib.sha1(repr((s.question, s.options, s.video, s.audio)).encode()).hexdigest()[:10]
+    out: dict[str, Any] = {"sample_id": s.id or f"sample-{stable}"}  # stable across runs, for resuming
     for key in TASK_FIELDS:
         if key in s.meta:
             out[key] = s.meta[key]
