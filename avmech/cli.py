@@ -71,3 +71,20 @@ def run(
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
     typer.echo(f"records: {out / 'records.parquet'}")
+
+
+@app.command()
+def figures(
+    results: Path = typer.Option(Path("results"), help="results root: results/<experiment>/<model>/"),
+    out: Path = typer.Option(Path("paper_figures/out"), help="where the figures, tables and index go"),
+    model: str = typer.Option(None, help="run missing experiments on this model (default: each file's demo model)"),
+) -> None:
+    """Run the study's missing experiments, then draw every figure and table (paper_figures/)."""
+    from paper_figures.make import make
+
+    try:
+        index = make(results, out, model)
+    except (InputError, ModelError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from e
+    typer.echo(f"index: {index}")

@@ -1,0 +1,68 @@
+"""Table: the effective pathway, from ``effective_pathway`` (built on ``av_video_knockout``).
+
+Per model and task (and all samples): accuracy of the full model and with only the
+(edge, window)s the sweep found necessary left open, the mean dp of the correct letter,
+and the fraction of the swept edges (edges x layers) kept. If accuracy survives with few
+edges kept, the necessary edges are also (nearly) sufficient. Written as a table image
+(PNG, PDF), Markdown and CSV.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from matplotlib.figure import Figure
+
+from paper_figures import common
+
+EXPERIMENT = "effective_pathway"
+NAME = "table_effective_pathway"
+TITLE = "Effective pathway: only the necessary edges kept"
+NOTE = ("necessary: (edge, layers) whose knockout lowered p(correct letter) by more than the threshold on "
+        "average in av_video_knockout; every other swept (edge, window) is blocked at once.")
+
+
+def table(records: pd.DataFrame) -> pd.DataFrame:
+    """The numbers: one row per (model, task), "all" first."""
+    rows = []
+    for model in common.order_models(records["model"].unique()):
+        for task, g in common.tasks(records[records["model"] == model]):
+            necessary = sorted({e for s in g["necessary"].dropna() for e in s.split(";") if e})
+            rows.append({"model": model, "data": g["dataset"].iloc[0], "task": task,
+                         "samples": g["sample_id"].nunique(),
+                         "accuracy_full_pct": 100 * g["correct_base"].astype(float).mean(),
+                         "accuracy_pathway_pct": 100 * g["correct"].astype(float).mean(),
+                         "dp_pct": 100 * g["dp"].mean(),
+                         "edges_kept_pct": 100 * g["fraction_kept"].mean(),
+                         "necessary": ";".join(necessary)})
+    return pd.DataFrame(rows)
+
+
+def formatted(t: pd.DataFrame) -> pd.DataFrame:
+    """The cells as shown in the image and the Markdown."""
+    return pd.DataFrame({
+        "model": [f"{m}\n(RANDOM demo)" if common.is_demo(m) else m for m in t["model"]],
+        "data": t["data"], "task": t["task"], "n": t["samples"],
+        "accuracy %\nfull model": t["accuracy_full_pct"].map(common.cell(".1f")),
+        "accuracy %\npathway only": t["accuracy_pathway_pct"].map(common.cell(".1f")),
+        "mean Δp %": t["dp_pct"].map(common.cell("+.2f")),
+        "edges kept %\n(edges × layers)": t["edges_kept_pct"].map(common.cell(".1f")),
+        "necessary (edge @ layers)": t["necessary"].map(
+            lambda s: "\n".join(common.arrow(e).replace("@", " @ L") for e in s.split(";")) if s else "none"),
+    })
+
+
+def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
+    return common.table_figure(formatted(table(records)), TITLE, meta, NOTE)
+
+
+def main(results_dir: str | Path = "results", out_dir: str | Path = "paper_figures/out") -> common.Rendered:
+    records, meta = common.load(results_dir, EXPERIMENT)
+    t = table(records)
+    files = common.save_table(t, formatted(t), draw(records, meta), out_dir, NAME, TITLE, meta, NOTE)
+    return common.Rendered(NAME, TITLE, tuple(files), meta)
+
+
+if __name__ == "__main__":
+    common.script(main)
