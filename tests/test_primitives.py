@@ -1,5 +1,6 @@
 """Primitives against independent references (hand-run decoder layers, plain transformers
-forwards, hand-computed lens) and against invariants, on the tiny model, eager and sdpa."""
+forwards, hand-computed lens) and against invariants, on the tiny model of each family
+(Qwen2.5-Omni, video-SALMONN 2+), eager and sdpa. The test bodies know no family."""
 
 from __future__ import annotations
 
@@ -33,9 +34,18 @@ def _sample(seed: int = 0, seconds: float = 3.0, question: str = "Which tone did
                            options=("low", "high", "none"), answer=seed % 3)
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
-def model(request, omni, omni_eager):
-    return omni if request.param == "sdpa" else omni_eager
+# test id -> session fixture (tests/conftest.py)
+MODELS = {"omni-sdpa": "omni", "omni-eager": "omni_eager", "salmonn-sdpa": "salmonn", "salmonn-eager": "salmonn_eager"}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def model(request):
+    return request.getfixturevalue(MODELS[request.param])
+
+
+@pytest.fixture(scope="module", params=[k for k in MODELS if k.endswith("eager")])
+def eager_model(request):
+    return request.getfixturevalue(MODELS[request.param])
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +78,7 @@ def manual_logits(m, p, masks=None, keep_after=None, keep=None, capture=None):
             h = layer(h, attention_mask=mask, position_embeddings=(cos, sin), use_cache=False)
             if capture is not None:
                 capture.append(h)
-        return m.hf.lm_head(llm.norm(h))[0, -1]
+        return m.lm_head_module(llm.norm(h))[0, -1]
 
 
 def blocked_mask(n, src, dst, heads=None, n_heads=None):
@@ -150,10 +160,10 @@ def test_knockout_validation(model, prepared):
         model.run(prepared, [AttentionKnockout("audio", "last", [0], heads=(99,))])
 
 
-def test_flash_attention_is_refused(omni, prepared, monkeypatch):
-    monkeypatch.setattr(type(omni), "attn_implementation", property(lambda self: "flash_attention_2"))
+def test_flash_attention_is_refused(model, prepared, monkeypatch):
+    monkeypatch.setattr(type(model), "attn_implementation", property(lambda self: "flash_attention_2"))
     with pytest.raises(ModelError, match="ignores"):
-        omni.run(omni.prepare(_sample(0)), [AttentionKnockout("audio", "last", [0])])
+        model.run(prepared, [AttentionKnockout("audio", "last", [0])])
 
 
 # ---- logit lens -------------------------------------------------------------------------
@@ -176,7 +186,7 @@ def test_lens_equals_hand_computed_projection(model, prepared):
             LogitLens(layers=[1], positions="question", norm=False, unembed="input"),
         ])
         for i, layer in enumerate([1, 2]):
-            ref = model.hf.lm_head(llm.norm(hs[layer + 1][0, q]))
+            ref = model.lm_head_module(llm.norm(hs[layer + 1][0, q]))
             assert (r[0][i] - ref).abs().max() < ATOL
         raw = hs[2][0, q] @ llm.embed_tokens.weight.T
         assert (r[1][0] - raw).abs().max() < ATOL
@@ -188,7 +198,7 @@ def test_composition_knockout_plus_lens_equals_lens_of_knocked_out_run(model, pr
     captured = model.run(prepared, [cut] + [Capture(f"resid_post.{i}", "last") for i in range(model.n_layers)])
     with torch.no_grad():
         for i in range(model.n_layers):
-            ref = model.hf.lm_head(model.llm_module.norm(captured[1 + i]))
+            ref = model.lm_head_module(model.llm_module.norm(captured[1 + i]))
             assert (together[1][i] - ref).abs().max() < ATOL
     assert (together.logits - captured.logits).abs().max() < ATOL
 
@@ -218,7 +228,7 @@ def test_ablating_the_last_mlp_equals_hand_computation(model, prepared):
     last = model.n_layers - 1
     cap = model.run(prepared, [Capture(f"mlp_out.{last}", "last"), Capture(f"resid_post.{last}", "last")])
     with torch.no_grad():
-        ref = model.hf.lm_head(model.llm_module.norm(cap[1] - cap[0]))[0]
+        ref = model.lm_head_module(model.llm_module.norm(cap[1] - cap[0]))[0]
     got = model.run(prepared, [Ablate(f"mlp_out.{last}", "last", mode="zero")])
     assert (got.logits - ref).abs().max() < ATOL
     mean = model.run(prepared, [Ablate(f"mlp_out.{last}", "last", mode="mean")])
@@ -273,7 +283,7 @@ def test_two_drops_and_a_knockout_compose(model, prepared):
                 k = torch.tensor([pos.index(x) for x in t.positions("question").tolist()])
                 m[0, 0, q[:, None], k[None, :]] = torch.finfo(torch.float32).min
             h = layer(h, attention_mask=m, position_embeddings=(cos, sin), use_cache=False)
-        ref = model.hf.lm_head(llm.norm(h))[0, -1]
+        ref = model.lm_head_module(llm.norm(h))[0, -1]
     got = model.run(prepared, [
         TokenDrop("video", after_layer=0), TokenDrop("audio", after_layer=1),
         AttentionKnockout("question", "last", [3]),
@@ -297,15 +307,15 @@ def test_attention_read_rows_sum_to_one(model, prepared):
     assert torch.allclose(mass.sum(-1), torch.ones(mass.shape[:-1]), atol=1e-5)
 
 
-def test_attention_read_equals_eager_weights(omni_eager):
-    p = omni_eager.prepare(_sample(0))
+def test_attention_read_equals_eager_weights(eager_model):
+    p = eager_model.prepare(_sample(0))
     groups = ("system", "video", "audio", "question", "options")
     reader = AttentionRead(layers=[0, 2], queries="question | last", keys_by_group=groups)
-    r = omni_eager.run(p, [reader])
-    enc = omni_eager.encode(p)
+    r = eager_model.run(p, [reader])
+    enc = eager_model.encode(p)
     with torch.no_grad():
-        att = omni_eager.hf(inputs_embeds=enc.inputs_embeds, position_ids=enc.position_ids,
-                            attention_mask=p.inputs["attention_mask"], output_attentions=True).attentions
+        att = eager_model.hf(inputs_embeds=enc.inputs_embeds, position_ids=enc.position_ids,
+                             attention_mask=p.inputs["attention_mask"], output_attentions=True).attentions
     rows = p.tokens.positions("question | last")
     members = torch.zeros(len(groups) + 1, len(p))
     for i, g in enumerate(groups):
@@ -314,7 +324,7 @@ def test_attention_read_equals_eager_weights(omni_eager):
     for i, layer in enumerate([0, 2]):
         ref = att[layer][0][:, rows] @ members.T
         assert torch.allclose(r[0][i], ref, atol=1e-5)
-    assert reader.group_names(avmech.RunContext(omni_eager, p))[-1] == "other"
+    assert reader.group_names(avmech.RunContext(eager_model, p))[-1] == "other"
 
 
 def test_attention_read_sees_a_composed_knockout(model, prepared):

@@ -1,9 +1,11 @@
 """Model families and `load`: one entry point for real checkpoints and embedded demo models.
 
-``load("tiny-omni", seed=0)`` builds (once, cached on disk) a random model of the real
-architecture and loads it through the same `from_pretrained` path a real checkpoint
-takes; ``load("Qwen/Qwen2.5-Omni-7B")`` or ``load("/path/to/checkpoint")`` loads real
-weights with their processor.
+``load("tiny-omni", seed=0)`` (or ``"tiny-salmonn"``) builds (once, cached on disk) a
+random model of the real architecture and loads it through the same path a real
+checkpoint takes; ``load("Qwen/Qwen2.5-Omni-7B")``, ``load("tsinghua-ee/video-SALMONN2_plus_7B_full")``
+or ``load("/path/to/checkpoint")`` loads real weights with their processor. The family is
+read from ``config.json``: Qwen2.5-Omni by its model type, video-SALMONN 2+ as a
+``qwen2_5_vl`` config with an ``audio_config`` (its released layout).
 """
 
 from __future__ import annotations
@@ -17,15 +19,19 @@ import torch
 from avmech.errors import ModelError
 from avmech.models.base import MEDIA_POLICY_FILE, AVModel, Encoded, Prepared
 from avmech.models.omni import OmniModel, load_omni
-from avmech.models.tiny import OMNI_SIZES, cache_dir, save_omni
+from avmech.models.salmonn import SalmonnModel, is_released_salmonn, load_salmonn
+from avmech.models.tiny import OMNI_SIZES, SALMONN_SIZES, cache_dir, save_omni, save_salmonn
 
-EMBEDDED = {name: "qwen2.5-omni" for name in OMNI_SIZES}
+EMBEDDED = {**{name: "qwen2.5-omni" for name in OMNI_SIZES}, **{name: "video-salmonn2+" for name in SALMONN_SIZES}}
 
 
 def embedded_path(name: str, seed: int) -> Path:
     """The on-disk checkpoint of an embedded model, built on first use."""
     path = cache_dir() / f"{name}-seed{seed}"
     if not (path / "config.json").exists():
+        if name in SALMONN_SIZES:
+            save_salmonn(name, path, seed=seed)  # writes its media policy itself
+            return path
         save_omni(name, path, seed=seed)
         _, pixels = OMNI_SIZES[name]
         (path / MEDIA_POLICY_FILE).write_text(json.dumps(
@@ -67,7 +73,8 @@ def load(
 
     ``attn_implementation`` is "sdpa" (default) or "eager"; kernels that ignore explicit
     attention masks (flash attention) are refused by the primitives that need masks.
-    Other keyword arguments (``device_map`` ...) go to ``from_pretrained``.
+    Other keyword arguments (``device_map`` ...) go to ``from_pretrained``; video-SALMONN 2+
+    also takes ``position_mode="official" | "aligned"`` (see `avmech.models.salmonn`).
     """
     path = embedded_path(name, seed) if name in EMBEDDED else _resolve(name)
     config_file = path / "config.json"
@@ -82,6 +89,10 @@ def load(
 
     hf_logging.disable_progress_bar()
     opts = dict(attn_implementation=attn_implementation, dtype=dtype, **kwargs)
+    if is_released_salmonn(config):
+        return load_salmonn(path, name=name, media_policy=policy, **opts)
+    if "position_mode" in opts:
+        raise ModelError("position_mode applies to video-SALMONN 2+ only: drop it for this model")
     if model_type == "qwen2_5_omni_thinker":
         return load_omni(path, name=name, media_policy=policy, **opts)
     if model_type == "qwen2_5_omni":
@@ -91,7 +102,10 @@ def load(
 
         full = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(path), enable_audio_output=False, **opts)
         return OmniModel(full.thinker, load_processor(path), name=name, media_policy=policy)
-    raise ModelError(f"{path}: model type {model_type!r} is not supported: avmech knows qwen2_5_omni(_thinker)")
+    raise ModelError(
+        f"{path}: model type {model_type!r} is not supported: avmech knows qwen2_5_omni(_thinker) and "
+        "video-SALMONN 2+ (qwen2_5_vl with an audio_config)"
+    )
 
 
-__all__ = ["AVModel", "Encoded", "OmniModel", "Prepared", "load"]
+__all__ = ["AVModel", "Encoded", "OmniModel", "Prepared", "SalmonnModel", "load"]

@@ -93,8 +93,10 @@ def build_tokenizer(specials: tuple[str, ...], token_attrs: dict[str, str], voca
     )
 
 
-def build_omni_processor(min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 16):
-    """The real `Qwen2_5OmniProcessor`, from transformers' parts and a tiny tokenizer."""
+def build_omni_processor(min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 16, audio_seconds: int = 30):
+    """The real `Qwen2_5OmniProcessor`, from transformers' parts and a tiny tokenizer.
+
+    ``audio_seconds`` is the longest audio the feature extractor takes (Qwen2.5-Omni: 300)."""
     from transformers import (
         Qwen2_5OmniProcessor,
         Qwen2VLImageProcessor,
@@ -106,7 +108,7 @@ def build_omni_processor(min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 2
     return Qwen2_5OmniProcessor(
         image_processor=Qwen2VLImageProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2),
         video_processor=Qwen2VLVideoProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2),
-        feature_extractor=WhisperFeatureExtractor(feature_size=128, sampling_rate=16000),
+        feature_extractor=WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, chunk_length=audio_seconds),
         tokenizer=build_tokenizer(OMNI_SPECIALS, OMNI_TOKEN_ATTRS),
         chat_template=OMNI_CHAT_TEMPLATE,
     )
@@ -155,7 +157,7 @@ OMNI_SIZES = {
     # width 32 as in the 3B, 2 key/value heads), with real-size frames.
     "bench-omni": (
         dict(d_model=512, n_layers=12, n_heads=16, n_kv_heads=2, d_mlp=1376, vision_width=64, audio_width=64),
-        dict(min_pixels=28 * 28 * 16, max_pixels=28 * 28 * 64),
+        dict(min_pixels=28 * 28 * 16, max_pixels=28 * 28 * 64, audio_seconds=300),
     ),
 }
 
@@ -190,3 +192,98 @@ def _write_atomically(path: Path, write) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+# ---- video-SALMONN 2+ ---------------------------------------------------------------------
+# Qwen2.5-VL's special tokens in id order (151643 ...), then video-SALMONN 2+'s added
+# <|audio_pad|> (151665). Token ids are read from the config, never from these names.
+SALMONN_SPECIALS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+    "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>", "<|vision_end|>",
+    "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>",
+    "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<|audio_pad|>",
+)
+
+# name -> (config overrides, media policy). The tiny model takes 56 px frames (4 tokens per
+# grid step) instead of the released per-frame budget.
+SALMONN_SIZES = {
+    "tiny-salmonn": (
+        dict(),
+        dict(video_max_frame_pixels=28 * 28 * 4, video_min_frame_pixels=28 * 28 * 4, boost_short_clips=False,
+             image_min_pixels=28 * 28 * 4, image_max_pixels=28 * 28 * 16),
+    ),
+}
+
+
+def build_salmonn_processor():
+    """The processors video-SALMONN 2+ is fed by, with a tiny tokenizer carrying its special tokens."""
+    from transformers import Qwen2VLImageProcessor, Qwen2VLVideoProcessor, WhisperFeatureExtractor
+
+    from avmech.models.salmonn_modeling import SalmonnProcessor
+
+    patches = dict(patch_size=14, temporal_patch_size=2, merge_size=2)
+    return SalmonnProcessor(
+        tokenizer=build_tokenizer(SALMONN_SPECIALS, {}),
+        image_processor=Qwen2VLImageProcessor(**patches),
+        video_processor=Qwen2VLVideoProcessor(**patches),
+        feature_extractor=WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, chunk_length=30),
+    )
+
+
+def salmonn_config(tokenizer, *, d_model: int = 64, n_layers: int = 4, n_heads: int = 4, n_kv_heads: int = 2,
+                   d_mlp: int = 128, vision_width: int = 32, audio_width: int = 32, encoder_layers: int = 2):
+    """A small `SalmonnConfig` of the released architecture whose token ids come from ``tokenizer``."""
+    from avmech.models.salmonn_modeling import SalmonnConfig
+
+    half = d_model // n_heads // 2  # mrope_section must sum to head_dim / 2, as [16, 24, 24] does for 128
+    section = [half // 4, (half - half // 4) // 2, half - half // 4 - (half - half // 4) // 2]
+    ids = tokenizer.convert_tokens_to_ids
+    return SalmonnConfig(
+        vl_config=dict(
+            text_config=dict(
+                vocab_size=(len(tokenizer) + 63) // 64 * 64, hidden_size=d_model, intermediate_size=d_mlp,
+                num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
+                max_position_embeddings=32768, bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
+                rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": section},
+            ),
+            vision_config=dict(
+                depth=encoder_layers, hidden_size=vision_width, intermediate_size=2 * vision_width, num_heads=2,
+                out_hidden_size=d_model, fullatt_block_indexes=[encoder_layers - 1], window_size=112,
+                tokens_per_second=2,
+            ),
+            vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"),
+            image_token_id=ids("<|image_pad|>"), video_token_id=ids("<|video_pad|>"), tie_word_embeddings=False,
+        ),
+        audio_config=dict(
+            num_mel_bins=128, encoder_layers=encoder_layers, encoder_attention_heads=2, encoder_ffn_dim=2 * audio_width,
+            d_model=audio_width, max_source_positions=1500,
+        ),
+        qformer_config=dict(
+            hidden_size=audio_width, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2 * audio_width,
+            encoder_hidden_size=audio_width, cross_attention_frequency=1,
+        ),
+        audio_token_id=ids("<|audio_pad|>"),
+    )
+
+
+def save_salmonn(name: str, path: Path, seed: int = 0) -> Path:
+    """Build the embedded model ``name`` with ``seed`` and save it at ``path`` in the released layout."""
+    import json
+
+    from avmech.models.base import MEDIA_POLICY_FILE
+    from avmech.models.salmonn_checkpoint import write_released
+    from avmech.models.salmonn_modeling import VideoSalmonn2Plus
+
+    overrides, policy = SALMONN_SIZES[name]
+    processor = build_salmonn_processor()
+    config = salmonn_config(processor.tokenizer, **overrides)
+    torch.manual_seed(seed)
+    model = VideoSalmonn2Plus(config).eval()
+
+    def write(tmp: Path) -> None:
+        write_released(model, tmp)
+        processor.save_pretrained(tmp)
+        (tmp / MEDIA_POLICY_FILE).write_text(json.dumps(policy))
+
+    _write_atomically(path, write)
+    return path

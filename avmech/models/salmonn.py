@@ -1,0 +1,361 @@
+"""video-SALMONN 2+ (3B, 7B) as an AVModel: its prompts, laid out as the released model was fed.
+
+The network is in `avmech.models.salmonn_modeling`, the released checkpoint layout in
+`avmech.models.salmonn_checkpoint`, the sampling and position rules in
+`avmech.models.salmonn_inputs`. Here a sample becomes a prompt:
+
+ChatML with the released system prompt, ending after the assistant header (the last
+token is its ``\\n``, where the answer letter is read)::
+
+    <|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n<|im_start|>user\\n
+    <|vision_start|>[V x N][A x n_0][V x N][A x n_1]...<|vision_end|>\\n{question and options}<|im_end|>\\n
+    <|im_start|>assistant\\n
+
+- Video: ``round(duration / 0.1)`` frames clamped to [16, 768], taken evenly; fps =
+  frames / duration; two frames make a temporal grid step of ``spg = 2 / fps`` seconds;
+  each step gives N = H x W merged 28 px cells (``<|video_pad|>``, role ``video``).
+- Audio (the clip's own track, or ``audio=``): 2 tokens per second, in whole 30-second
+  chunks of 60 (``<|audio_pad|>``); tokens past the end of the sound encode padding
+  silence and get their own role, ``audio_pad``; token k's time is k / 2 s.
+- Interleaving: grid step g is followed by the audio tokens [f_g, f_(g+1)) with
+  f_g = floor(2 g spg); the last step takes all the rest, the padding included (media
+  policy ``audio_interleave="even"`` gives the released data pipeline's even split
+  instead, see `MediaPolicy`). The TokenMap's ``chunk`` of a video or audio token is its
+  grid step.
+- Video only: the V runs alone. Audio only: ``<|vision_start|>[A ...]<|vision_end|>\\n``
+  (the released code reuses the vision markers for audio).
+- Interleaved items (images and audio clips placed at their tags in the question):
+  an image is ``<|vision_start|><|image_pad|>...<|vision_end|>``, an audio clip
+  ``<|vision_start|><|audio_pad|>...<|vision_end|>`` padded to whole 30-second chunks
+  like any audio; each item's tokens and its two markers carry its item index and role.
+
+Position ids come in two modes (see `avmech.models.salmonn_inputs`): ``"official"``, what
+the released inference code computes (the default), and ``"aligned"``, the time-aligned
+scheme of training. Choose at load time, ``avmech.load("tiny-salmonn", position_mode="aligned")``,
+by setting ``m.position_mode``, or per call, ``m.prepare(sample, position_mode="aligned")``.
+Either way they are explicit in ``p.inputs["position_ids"]``.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from PIL import Image
+
+from avmech import media
+from avmech.errors import InputError, ModelError
+from avmech.models.base import MEDIA_POLICY_FILE, AVModel, Prepared
+from avmech.models.salmonn_checkpoint import read_released, write_released
+from avmech.models.salmonn_inputs import Block, MediaPolicy, audio_per_step, check_position_mode, position_ids
+from avmech.models.salmonn_modeling import CHUNK_SECONDS, SalmonnProcessor, VideoSalmonn2Plus
+from avmech.sample import AVSample, Item
+from avmech.tokens import TokenMapBuilder
+
+DEFAULT_SYSTEM = "You are a helpful assistant."
+MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "input_features")
+
+
+@dataclass(frozen=True, eq=False)
+class AudioClip:
+    """One audio stream as model input: Whisper features of its 30 s chunks and each token's time."""
+
+    features: Float[torch.Tensor, "chunk mel frame"]
+    times: np.ndarray  # seconds, one per token
+    duration: float  # of the sound itself, before padding
+
+    @property
+    def real(self) -> np.ndarray:
+        return self.times < self.duration
+
+
+@dataclass
+class _Layout:
+    """The prompt being assembled: token ids, their TokenMap, the text they spell, the media blocks."""
+
+    tokenizer: Any
+    ids: list[int] = field(default_factory=list)
+    spelled: list[str] = field(default_factory=list)
+    tokens: TokenMapBuilder = field(default_factory=TokenMapBuilder)
+    blocks: list[Block] = field(default_factory=list)
+
+    def text(self, text: str, role: str, **attrs) -> None:
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        if role == "assistant_header":
+            self.tokens.add(len(ids) - 1, role)
+            self.tokens.add(1, "last")
+        else:
+            self.tokens.add(len(ids), role, **attrs)
+        self.ids += ids
+        self.spelled.append(text)
+
+    def run(self, token_id: int, n: int, role: str, **attrs) -> None:
+        self.tokens.add(n, role, **attrs)
+        self.ids += [token_id] * n
+        self.spelled.append(self.tokenizer.convert_ids_to_tokens(token_id) * n)
+
+
+class SalmonnModel(AVModel):
+    """video-SALMONN 2+; media policy keys are the fields of `MediaPolicy` (defaults = the released rules)."""
+
+    family = "video-salmonn2+"
+    audio_paths = ("audio",)
+    vision_paths = ("vl.model.visual",)
+
+    def __init__(self, hf: VideoSalmonn2Plus, processor: SalmonnProcessor, name: str,
+                 media_policy: dict[str, Any] | None = None, position_mode: str = "official"):
+        self.policy = MediaPolicy.from_dict(media_policy)
+        self.position_mode = check_position_mode(position_mode)
+        with warnings.catch_warnings():  # the Q-Former's `.output` submodules are `.E_output` under nnsight
+            warnings.filterwarnings("ignore", message=".*has a submodule named 'output'", category=UserWarning)
+            super().__init__(hf, processor, name=name, media_policy=media_policy)
+        cfg = hf.config
+        self.token_ids = dict(
+            video=cfg.vl_config.video_token_id, image=cfg.vl_config.image_token_id, audio=cfg.audio_token_id,
+            start=cfg.vl_config.vision_start_token_id, end=cfg.vl_config.vision_end_token_id,
+        )
+
+    # ---- media -------------------------------------------------------------------
+    def _video_frames(self, s: AVSample) -> tuple[np.ndarray, float]:
+        """Frames sampled by the released rules, and their rate."""
+        if isinstance(s.video, np.ndarray):
+            total, native_fps = len(s.video), float(s.fps)
+        else:
+            info = media.probe(s.video)
+            if not info.has_video:
+                raise InputError(f"{s.video} has no video stream: pass it as audio= instead")
+            native_fps = float(s.fps or info.fps or 0)
+            total = info.n_frames or int(round(info.duration_s * native_fps))
+        if total < 1 or native_fps <= 0:
+            what = "array" if isinstance(s.video, np.ndarray) else f"'{s.video}'"
+            raise InputError(f"video {what} has no frames or no frame rate: pass fps= or re-encode the clip")
+        idx, fps = self.policy.frame_indices(total, native_fps)
+        if isinstance(s.video, np.ndarray):
+            return s.video[idx], fps
+        frames = media.read_video(s.video).frames
+        return frames[np.minimum(idx, len(frames) - 1)], fps
+
+    def _audio(self, source, sample_rate: int | None, what: str) -> AudioClip:
+        wave = media.resample(source, sample_rate, media.SAMPLE_RATE) if isinstance(source, np.ndarray) \
+            else media.read_audio(source)
+        if not len(wave):
+            raise InputError(f"{what} is empty: the audio branch needs sound")
+        sr, duration = media.SAMPLE_RATE, len(wave) / media.SAMPLE_RATE
+        wave = np.pad(wave, (0, max(0, round(self.policy.audio_min_seconds * sr) - len(wave))))
+        step = CHUNK_SECONDS * sr
+        fe = self.processor.feature_extractor
+        chunks = [fe(wave[k:k + step], sampling_rate=sr, return_tensors="pt")["input_features"][0]
+                  for k in range(0, len(wave), step)]
+        cfg = self.hf.config
+        per_chunk = cfg.tokens_per_chunk // cfg.query_length
+        windows = np.arange(len(chunks) * per_chunk).repeat(cfg.query_length)
+        times = (windows // per_chunk) * CHUNK_SECONDS + (windows % per_chunk) * cfg.second_stride
+        return AudioClip(torch.stack(chunks), times, duration)
+
+    def _image(self, item: Item) -> np.ndarray:
+        if isinstance(item.data, np.ndarray):
+            return item.data
+        path = Path(item.data)
+        if not path.exists():
+            raise InputError(f"image {item.tag}: file '{path}' does not exist: check the path")
+        try:
+            return np.array(Image.open(path).convert("RGB"))
+        except Exception as e:  # PIL raises many types for unreadable files
+            raise InputError(f"image {item.tag}: cannot read '{path}' ({e}): pass a png/jpg file") from e
+
+    def _media(self, s: AVSample) -> tuple[dict[str, Any], list[AudioClip], float | None]:
+        """Processor outputs for the sample's media, its audio clips in prompt order, and spg."""
+        out: dict[str, Any] = {}
+        clips: list[AudioClip] = []
+        spg = None
+        if s.video is not None:
+            if not isinstance(s.video, np.ndarray) and not Path(s.video).exists():
+                raise InputError(f"video file '{s.video}' does not exist: check the path")
+            frames, fps = self._video_frames(s)
+            vp = self.processor.video_processor
+            size = {"shortest_edge": self.policy.video_min_frame_pixels,
+                    "longest_edge": self.policy.frame_max_pixels(len(frames))}
+            out.update(vp(videos=[frames], size=size, do_sample_frames=False, cap_pixels_per_frame=False,
+                          return_tensors="pt"))
+            spg = vp.temporal_patch_size / fps
+            if s.audio is None and s.use_video_audio and not isinstance(s.video, np.ndarray):
+                if not media.probe(s.video).has_audio:
+                    raise InputError(
+                        f"video '{s.video}' has no audio track, but its sound was asked for: pass audio=..., "
+                        "or use_video_audio=False for the video-only variant"
+                    )
+                clips.append(self._audio(s.video, None, "the clip's audio"))
+        if s.audio is not None:
+            clips.append(self._audio(s.audio, s.sample_rate, "the audio"))
+        images = []
+        for part in s.question_parts():
+            if isinstance(part, Item) and part.kind == "audio":
+                clips.append(self._audio(part.data, part.sample_rate, f"audio item {part.tag}"))
+            elif isinstance(part, Item):
+                images.append(self._image(part))
+        if images:
+            size = {"shortest_edge": self.policy.image_min_pixels, "longest_edge": self.policy.image_max_pixels}
+            out.update(self.processor.image_processor(images=images, size=size, return_tensors="pt"))
+        if clips:
+            out["input_features"] = torch.cat([c.features for c in clips])
+        return out, clips, spg
+
+    # ---- prompt --------------------------------------------------------------------
+    def _grid(self, grid_thw) -> tuple[int, int, int]:
+        merge = self.processor.video_processor.merge_size
+        t, h, w = (int(x) for x in grid_thw)
+        return t, h // merge, w // merge
+
+    def _video_block(self, lay: _Layout, grid_thw, spg: float, clip: AudioClip | None) -> None:
+        """``<|vision_start|>`` each grid step's video tokens, then its audio tokens ``<|vision_end|>``."""
+        t, h, w = self._grid(grid_thw)
+        lay.run(self.token_ids["start"], 1, "marker")
+        start, kinds, k = len(lay.ids), [], 0
+        rule = self.policy.audio_interleave
+        counts = audio_per_step(t, spg, len(clip.times), rule) if clip is not None else [0] * t
+        for g, n in enumerate(counts):
+            cells = [(g, r, c) for r in range(h) for c in range(w)]
+            lay.run(self.token_ids["video"], len(cells), "video", grid=cells, time=g * spg, chunk=g)
+            if n:
+                self._audio_run(lay, clip, k, k + n, chunk=g)
+            kinds += [0] * len(cells) + [1] * n
+            k += n
+        lay.blocks.append(Block("video", start, np.array(kinds, dtype=np.int8), (t, h, w), spg))
+        lay.run(self.token_ids["end"], 1, "marker")
+
+    def _image_block(self, lay: _Layout, grid_thw, **item) -> None:
+        t, h, w = self._grid(grid_thw)
+        cells = [(0, r, c) for r in range(h) for c in range(w)]
+        lay.run(self.token_ids["start"], 1, "marker", **item)
+        lay.blocks.append(Block("image", len(lay.ids), np.zeros(len(cells), dtype=np.int8), (t, h, w)))
+        lay.run(self.token_ids["image"], len(cells), "image", grid=cells, **item)
+        lay.run(self.token_ids["end"], 1, "marker", **item)
+
+    def _audio_run(self, lay: _Layout, clip: AudioClip, a: int, b: int, chunk: int = -1, **item) -> None:
+        real = clip.real[a:b]
+        for role, mask in (("audio", real), ("audio_pad", ~real)):
+            if mask.any():
+                lay.run(self.token_ids["audio"], int(mask.sum()), role, time=clip.times[a:b][mask], chunk=chunk, **item)
+
+    def _audio_block(self, lay: _Layout, clip: AudioClip, **item) -> None:
+        lay.run(self.token_ids["start"], 1, "marker", **item)
+        lay.blocks.append(Block("audio", len(lay.ids), np.ones(len(clip.times), dtype=np.int8)))
+        self._audio_run(lay, clip, 0, len(clip.times), **item)
+        lay.run(self.token_ids["end"], 1, "marker", **item)
+
+    def _user_turn(self, lay: _Layout, s: AVSample, out: dict[str, Any], clips: list[AudioClip], spg) -> None:
+        fmt, clips = s.format, list(clips)
+        if s.video is not None:
+            self._video_block(lay, out["video_grid_thw"][0], spg, clips.pop(0) if clips else None)
+            lay.text("\n", "instruction")
+        elif s.audio is not None:
+            self._audio_block(lay, clips.pop(0))
+            lay.text("\n", "instruction")
+        for text in (fmt.preamble, fmt.question_prefix):
+            if text:
+                lay.text(text, "instruction")
+        items, images = list(s.items), iter(out.get("image_grid_thw", []))
+        for part in s.question_parts():
+            if not isinstance(part, Item):
+                lay.text(part, "question")
+                continue
+            tag = dict(item=items.index(part), item_role=part.role)
+            if part.kind == "image":
+                self._image_block(lay, next(images), **tag)
+            else:
+                self._audio_block(lay, clips.pop(0), **tag)
+        for i, (letter, text) in enumerate(zip(s.letters, s.options)):
+            line = fmt.option_template.format(letter=letter, text=text)
+            at = line.index(letter)
+            lay.text(fmt.sep if i == 0 else fmt.option_sep, "instruction")
+            for piece, role in ((line[:at], "option_text"), (letter, "option_letter"), (line[at + 1:], "option_text")):
+                if piece:
+                    lay.text(piece, role, option=i)
+        if fmt.suffix:
+            lay.text(fmt.suffix, "instruction")
+
+    def prepare(self, s: AVSample, *, position_mode: str | None = None) -> Prepared:
+        """Model inputs and TokenMap of ``s``; positions by ``position_mode`` (default: ``self.position_mode``)."""
+        if not isinstance(s, AVSample):
+            raise InputError(f"prepare takes an avmech.AVSample, got {type(s).__name__}")
+        mode = check_position_mode(position_mode or self.position_mode)
+        out, clips, spg = self._media(s)
+        lay = _Layout(self.tokenizer)
+        system = s.system if s.system is not None else DEFAULT_SYSTEM
+        lay.text(f"<|im_start|>system\n{system}<|im_end|>\n", "system")
+        lay.text("<|im_start|>user\n", "user_header")
+        self._user_turn(lay, s, out, clips, spg)
+        lay.text("<|im_end|>\n", "turn_end")
+        lay.text("<|im_start|>assistant\n", "assistant_header")
+        ids = torch.tensor([lay.ids])
+        whole = self.tokenizer("".join(lay.spelled), add_special_tokens=False, return_tensors="pt")["input_ids"]
+        if not torch.equal(whole, ids):
+            raise ModelError("internal: the prompt's pieces tokenize differently as a whole; please report this sample")
+        limit = self.hf.config.vl_config.text_config.max_position_embeddings
+        if ids.shape[1] > limit:
+            raise InputError(f"the prompt has {ids.shape[1]} tokens, beyond this model's {limit}: use a shorter clip")
+        inputs = {k: v for k, v in out.items() if k in MEDIA_KEYS}
+        inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids),
+                      position_ids=position_ids(ids.shape[1], lay.blocks, mode))
+        kinds = tuple(it.kind for it in s.items)
+        tokens = lay.tokens.build(answer=s.answer, n_options=len(s.options), item_kinds=kinds)
+        return Prepared(sample=s, inputs=inputs, tokens=tokens, text=self._text(s, system),
+                        answer_ids=self.letter_ids(len(s.options)) if s.options else ())
+
+    def _text(self, s: AVSample, system: str) -> str:
+        """The prompt as the released conversation writes it, media as ``<video>``/``<audio>``/``<image>``."""
+        fmt = s.format
+        lead = "<video>\n" if s.video is not None else "<audio>\n" if s.audio is not None else ""
+        body = "".join(p if isinstance(p, str) else f"<{p.kind}>" for p in s.question_parts())
+        options = "".join((fmt.sep if i == 0 else fmt.option_sep) + fmt.option_template.format(letter=letter, text=text)
+                          for i, (letter, text) in enumerate(zip(s.letters, s.options)))
+        user = lead + fmt.preamble + fmt.question_prefix + body + options + fmt.suffix
+        return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+    # ---- encoders and checkpoints -------------------------------------------------------
+    def encode_media(self, p: Prepared) -> Float[torch.Tensor, "batch pos d_model"]:
+        """Token embeddings with the image, video and audio features scattered in at their placeholders."""
+        media_inputs = {k: v.to(self.device) for k, v in p.inputs.items() if k in MEDIA_KEYS}
+        return self.hf.embed(p.input_ids.to(self.device), **media_inputs)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write the released checkpoint layout, processor and media policy: `avmech.load(path)` gives it back."""
+        path = Path(path)
+        write_released(self.hf, path)
+        self.processor.save_pretrained(path)
+        if self.media_policy:
+            (path / MEDIA_POLICY_FILE).write_text(json.dumps(self.media_policy, indent=1))
+
+
+def load_salmonn(
+    path: str | Path,
+    name: str,
+    media_policy: dict[str, Any] | None = None,
+    *,
+    attn_implementation: str = "sdpa",
+    dtype: torch.dtype | str | None = "auto",
+    device_map: str | torch.device | None = None,
+    position_mode: str = "official",
+) -> SalmonnModel:
+    """Load a checkpoint in the released layout as a `SalmonnModel`.
+
+    ``device_map`` is one device ("cuda", "cuda:1", "cpu") or "auto" (the first GPU if
+    any); ``position_mode`` is "official" or "aligned" (see the module docstring).
+    """
+    if device_map == "auto":
+        device_map = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device_map or "cpu")
+    hf = read_released(Path(path), attn_implementation=attn_implementation, dtype=dtype, device=device)
+    return SalmonnModel(hf, SalmonnProcessor.from_pretrained(path), name=name, media_policy=media_policy,
+                        position_mode=position_mode)
+
+
+def is_released_salmonn(config: dict[str, Any]) -> bool:
+    """Whether a ``config.json`` dict is a video-SALMONN 2+ checkpoint in the released layout."""
+    return config.get("model_type") == "qwen2_5_vl" and isinstance(config.get("audio_config"), dict)
