@@ -237,3 +237,23 @@ def test_edge_knockout_of_a_rectangle_equals_the_group_knockout(omni, av_samples
     assert (group - edges).abs().max() < 1e-6 and (group - omni.run(p).logits).abs().max() > 1e-4
     with pytest.raises(InputError, match="no key to attend to"):
         omni.run(p, [EdgeKnockout([(3, k) for k in range(4)], [0])])
+
+
+def test_effective_pathway_keeps_the_necessary_edges(omni, av_samples, tmp_path):
+    from avmech.flows.pathway import PathwayParams, effective_pathway, necessary
+
+    params = KnockoutParams(edges=[["audio", "last"], ["video", "last"]], k=[2], only_correct=False)
+    store = RecordStore(tmp_path / "sweep")
+    store.append(knockout_sweep(omni, av_samples[:2], params))
+    store.finalize()
+    records = pd.read_parquet(tmp_path / "sweep" / "records.parquet")
+    needed = necessary(records, 2, threshold=0.0)
+    assert set(needed.values()) <= {True, False} and len(needed) == 2 * 2  # 2 edges x 2 tiling windows of 4 layers
+    out = list(effective_pathway(omni, av_samples[:1], PathwayParams(sweep=str(tmp_path / "sweep"), k=2, threshold=0.0)))
+    r = out[0]
+    p = omni.prepare(av_samples[0])
+    blocked = [AttentionKnockout(src, dst, range(a, b)) for (src, dst, a, b), keep in needed.items() if not keep]
+    assert r["p_correct"] == pytest.approx(omni.run(p, blocked).p_correct, abs=1e-7)
+    assert 0.0 <= r["fraction_kept"] <= 1.0 and r["n_blocked_windows"] == len(blocked)
+    with pytest.raises(InputError, match="no knockout records"):
+        necessary(pd.DataFrame([{"condition": "base", "sample_id": "s"}]), 7, 0.1)

@@ -45,7 +45,7 @@ def reference_tokens(m, p, steps, block=None, drop=None):
                     cols = [j for j, x in enumerate(keep.tolist()) if x in set(block[0].tolist())]
                     mask[0, 0, torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = torch.finfo(torch.float32).min
                 h = layer(h, attention_mask=mask, position_embeddings=(cos, sin), use_cache=False)
-            tok = int(m.hf.lm_head(llm.norm(h))[0, -1].argmax())
+            tok = int(m.lm_head_module(llm.norm(h))[0, -1].argmax())
             ids.append(tok)
             new = llm.embed_tokens(torch.tensor([[tok]]))
             embeds = torch.cat([embeds, new], dim=1)
@@ -53,9 +53,11 @@ def reference_tokens(m, p, steps, block=None, drop=None):
     return ids
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
-def model(request, omni, omni_eager):
-    return omni if request.param == "sdpa" else omni_eager
+@pytest.fixture(scope="module", params=["omni-sdpa", "omni-eager", "salmonn-sdpa", "salmonn-eager"])
+def model(request):
+    return request.getfixturevalue(
+        {"omni-sdpa": "omni", "omni-eager": "omni_eager", "salmonn-sdpa": "salmonn", "salmonn-eager": "salmonn_eager"}[
+            request.param])
 
 
 def test_plain_generation_matches_reference(model):

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from avmech.errors import InputError
 from avmech.flows.common import answer_fields, has_group, prepared_samples, sample_fields
 from avmech.flows.knockout import Edge
 from avmech.interventions.knockout import AttentionKnockout
@@ -35,9 +36,14 @@ class PathwayParams(BaseModel):
 
 def necessary(records: pd.DataFrame, k: int, threshold: float) -> dict[tuple[str, str, int, int], bool]:
     """(src, dst, start, stop) of non-overlapping windows -> whether the sweep found it necessary."""
+    if "k" not in records.columns:
+        raise InputError(
+            "the sweep has no knockout records (only base runs: no sample was answered correctly?): "
+            "run it on more samples, or with only_correct = false"
+        )
     rows = records[(records["condition"] != "base") & (records["k"] == k) & (records.get("control", "edge") == "edge")]
     if rows.empty:
-        raise ValueError(f"the sweep has no k={k} knockout records")
+        raise InputError(f"the sweep has no k={k} knockout records: set the pathway's k to one the sweep used")
     mean = rows.groupby(["src", "dst", "centre", "start", "stop"])["dp"].mean().reset_index()
     out = {}
     for (src, dst), g in mean.groupby(["src", "dst"]):
