@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
 
 from avmech.errors import InputError
 
@@ -48,6 +49,18 @@ class Item:
             raise InputError(f"Item role {self.role!r} is unknown: use 'candidate' or 'reference'")
         if isinstance(self.data, np.ndarray) and self.kind == "audio" and self.sample_rate is None:
             raise InputError(f"audio item {self.tag} is a waveform without a rate: pass sample_rate=")
+
+    def image(self) -> np.ndarray:
+        """The item's image as uint8 RGB ``[H, W, 3]`` (decoded from its file if it is a path)."""
+        if isinstance(self.data, np.ndarray):
+            return self.data
+        path = Path(self.data)
+        if not path.exists():
+            raise InputError(f"image {self.tag}: file '{path}' does not exist: check the path")
+        try:
+            return np.array(Image.open(path).convert("RGB"))
+        except Exception as e:  # PIL raises many types for unreadable files
+            raise InputError(f"image {self.tag}: cannot read '{path}' ({e}): pass a png/jpg file") from e
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,6 @@ from avmech.errors import InputError
 from avmech.interventions.base import GroupSpec, Intervention, RunContext, Site
 
 if TYPE_CHECKING:
-    from avmech.interventions.run import RunResult
     from avmech.models.base import AVModel, Prepared
 
 

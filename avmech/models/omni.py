@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import torch
 from jaxtyping import Float
-from PIL import Image
 
 from avmech import media
 from avmech.errors import InputError, ModelError
@@ -144,17 +143,6 @@ class OmniModel(AVModel):
             raise InputError(f"{what} is shorter than 0.1 s: the audio encoder needs at least one token")
         return wave.astype(np.float32)
 
-    def _image(self, item: Item) -> np.ndarray:
-        if isinstance(item.data, np.ndarray):
-            return item.data
-        path = Path(item.data)
-        if not path.exists():
-            raise InputError(f"image {item.tag}: file '{path}' does not exist: check the path")
-        try:
-            return np.array(Image.open(path).convert("RGB"))
-        except Exception as e:  # PIL raises many types for unreadable files
-            raise InputError(f"image {item.tag}: cannot read '{path}' ({e}): pass a png/jpg file") from e
-
     # ---- prompt --------------------------------------------------------------------
     def _user_pieces(self, s: AVSample, has_video: bool, video_audio: bool, has_audio: bool) -> list[Piece]:
         fmt = s.format
@@ -242,7 +230,7 @@ class OmniModel(AVModel):
         for it in s.question_parts():
             if isinstance(it, Item) and it.kind == "audio":
                 audios.append(self._audio(it.data, it.sample_rate, f"audio item {it.tag}"))
-        images = [self._image(it) for it in s.question_parts() if isinstance(it, Item) and it.kind == "image"]
+        images = [it.image() for it in s.question_parts() if isinstance(it, Item) and it.kind == "image"]
         if images:
             pol = self.policy
             call["images"] = images

@@ -47,7 +47,6 @@ from typing import Any
 import numpy as np
 import torch
 from jaxtyping import Float
-from PIL import Image
 
 from avmech import media
 from avmech.errors import InputError, ModelError
@@ -158,17 +157,6 @@ class SalmonnModel(AVModel):
         times = (windows // per_chunk) * CHUNK_SECONDS + (windows % per_chunk) * cfg.second_stride
         return AudioClip(torch.stack(chunks), times, duration)
 
-    def _image(self, item: Item) -> np.ndarray:
-        if isinstance(item.data, np.ndarray):
-            return item.data
-        path = Path(item.data)
-        if not path.exists():
-            raise InputError(f"image {item.tag}: file '{path}' does not exist: check the path")
-        try:
-            return np.array(Image.open(path).convert("RGB"))
-        except Exception as e:  # PIL raises many types for unreadable files
-            raise InputError(f"image {item.tag}: cannot read '{path}' ({e}): pass a png/jpg file") from e
-
     def _media(self, s: AVSample) -> tuple[dict[str, Any], list[AudioClip], float | None]:
         """Processor outputs for the sample's media, its audio clips in prompt order, and spg."""
         out: dict[str, Any] = {}
@@ -198,7 +186,7 @@ class SalmonnModel(AVModel):
             if isinstance(part, Item) and part.kind == "audio":
                 clips.append(self._audio(part.data, part.sample_rate, f"audio item {part.tag}"))
             elif isinstance(part, Item):
-                images.append(self._image(part))
+                images.append(part.image())
         if images:
             size = {"shortest_edge": self.policy.image_min_pixels, "longest_edge": self.policy.image_max_pixels}
             out.update(self.processor.image_processor(images=images, size=size, return_tensors="pt"))
