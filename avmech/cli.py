@@ -60,16 +60,24 @@ def run(
     limit: int = typer.Option(None, help="use at most this many samples"),
     shard: str = typer.Option(None, help="run shard i/n of the samples (e.g. 0/4)"),
     results: Path = typer.Option(Path("results"), help="where results/<experiment>/<model>/ go"),
+    backend: str = typer.Option(
+        None, help="where traces run: local or ndif (host and key: the experiment's [ndif] table, NDIF_HOST / "
+        "NDIF_API_KEY, or nnsight's config); overrides the experiment's backend",
+    ),
 ) -> None:
     """Run (or resume) an experiment and write its records."""
+    from avmech.backends import RemoteError
     from avmech.experiment import load_experiment, run_experiment
 
     try:
-        exp = load_experiment(experiment, model=model, root=data, limit=limit)
+        exp = load_experiment(experiment, model=model, root=data, limit=limit, backend=backend)
         out = run_experiment(exp, results, _shard(shard))
     except (InputError, ModelError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from e
+    except RemoteError as e:
+        typer.echo(f"error: {e}\nthe records computed so far are kept: run the same command again to resume", err=True)
+        raise typer.Exit(3) from e
     typer.echo(f"records: {out / 'records.parquet'}")
 
 

@@ -5,7 +5,7 @@
     name = "av_video_knockout"
     flow = "knockout_sweep"
     model = "tiny-omni"                  # or "Qwen/Qwen2.5-Omni-7B", a directory
-    backend = "local"
+    backend = "local"                    # or "ndif": traces run on an NDIF server
     seed = 0
 
     [data]
@@ -17,9 +17,16 @@
     edges = [["audio", "question"], ["video", "last"]]
     k = [7]
 
-Loading validates every field (an unknown or ill-typed field is an error naming it).
-`run_experiment` writes ``results/<name>/<model>/`` (see `avmech.store`) and resumes
-where an interrupted run stopped.
+    [ndif]                               # optional; only read with backend = "ndif"
+    host = "https://api.ndif.us"         # else NDIF_HOST, else nnsight's config
+    model = "Qwen/Qwen2.5-Omni-7B"       # the repository id the server serves (default: model)
+    timeout = 600                        # seconds to wait for one run's result
+
+(the API key: ``api_key`` in the table, better ``NDIF_API_KEY`` or nnsight's config; it
+is never written to the results). Loading validates every field (an unknown or
+ill-typed field is an error naming it). `run_experiment` writes
+``results/<name>/<model>/`` (see `avmech.store`) and resumes where an interrupted run
+stopped.
 """
 
 from __future__ import annotations
@@ -28,8 +35,9 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from avmech.backends import Backend, LocalBackend, NDIFBackend, use
 from avmech.errors import InputError
 from avmech.flows import FLOWS
 from avmech.store import RecordStore, slug
@@ -44,12 +52,29 @@ class DataSpec(BaseModel):
     n_synthetic: int = Field(default=8, ge=1)
 
 
+class NDIFSpec(BaseModel):
+    """The ``[ndif]`` table: the server, and what it serves the model as (`avmech.backends.NDIFBackend`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    host: str | None = None
+    api_key: SecretStr | None = None
+    model: str | None = None
+    model_key: str | None = None
+    timeout: float | None = Field(default=None, gt=0)
+
+    def backend(self) -> NDIFBackend:
+        key = self.api_key.get_secret_value() if self.api_key is not None else None
+        return NDIFBackend(host=self.host, api_key=key, model=self.model, model_key=self.model_key,
+                           timeout=self.timeout)
+
+
 class Experiment(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     flow: Literal[tuple(FLOWS)]  # type: ignore[valid-type]
     model: str = "tiny-omni"
-    backend: Literal["local"] = "local"
+    backend: Literal["local", "ndif"] = "local"
+    ndif: NDIFSpec = Field(default_factory=NDIFSpec)
     seed: int = 0
     data: DataSpec
     params: dict[str, Any] = Field(default_factory=dict)
@@ -58,6 +83,11 @@ class Experiment(BaseModel):
     @property
     def flow_params(self) -> BaseModel:
         return FLOWS[self.flow][1].model_validate(self.params)
+
+    @property
+    def runner(self) -> Backend:
+        """Where this experiment's traces run."""
+        return self.ndif.backend() if self.backend == "ndif" else LocalBackend()
 
 
 def _explain(e: ValidationError, source: str, prefix: str = "") -> str:
@@ -128,7 +158,8 @@ def run_experiment(
     if "results_root" in type(params).model_fields:  # flows that read other experiments' results
         params = params.model_copy(update={"results_root": str(results)})
     done = frozenset(store.done())
-    for record in fn(m, samples, params, done):
-        store.append([{"experiment": exp.name, "model": exp.model, "dataset": exp.data.dataset, **record}])
+    with use(exp.runner):
+        for record in fn(m, samples, params, done):
+            store.append([{"experiment": exp.name, "model": exp.model, "dataset": exp.data.dataset, **record}])
     store.finalize()
     return store.dir

@@ -19,7 +19,6 @@ from jaxtyping import Float
 
 from avmech.errors import InputError
 from avmech.interventions.base import GroupSpec, Intervention, RunContext, layer_list
-from avmech.interventions.knockout import causal_mask
 
 
 class AttentionRead(Intervention):
@@ -76,11 +75,15 @@ class AttentionRead(Intervention):
             alive = ctx.alive(layer)
             rows = ctx.local(queries, layer)
             n = k.shape[2]
-            q = q[:, :, rows].float()
-            k = k.float().repeat_interleave(m.n_heads // m.n_kv_heads, dim=1)
-            scores = q @ k.transpose(-1, -2) * m.llm_module.layers[layer].self_attn.scaling
+            # grouped-query attention without copying the keys: [b, kv, group, rows, hd] @ [b, kv, 1, hd, n]
+            b, kv = k.shape[0], k.shape[1]
+            q = q[:, :, rows].float().view(b, kv, m.n_heads // kv, len(rows), -1)
+            scores = (q @ k.float().unsqueeze(2).transpose(-1, -2)).view(b, m.n_heads, len(rows), n)
+            scores = scores * attn.scaling  # the module's own scale (read through its envoy)
             if base is None:
-                mask = causal_mask(n, n, torch.float32, scores.device)[:, :, rows]
+                keys = torch.arange(n, device=scores.device)
+                mask = torch.zeros(len(rows), n, device=scores.device).masked_fill(
+                    keys[None, :] > rows.to(scores.device)[:, None], torch.finfo(torch.float32).min)[None, None]
             elif base.dtype == torch.bool:
                 mask = torch.zeros(base[:, :, rows].shape, device=scores.device).masked_fill(
                     ~base[:, :, rows], torch.finfo(torch.float32).min)

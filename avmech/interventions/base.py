@@ -83,7 +83,8 @@ class Intervention:
     stage: ClassVar[Literal["structure", "edit", "read"]] = "edit"
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
+        # Explicit super(): a remote request rebuilds this method from its source, without the class cell.
+        super(Intervention, cls).__init_subclass__(**kwargs)
         if "__dataclass_fields__" not in cls.__dict__:
             dataclass(frozen=True)(cls)
 

@@ -16,6 +16,10 @@ few rows of late targets, and saves one pass of per-layer overhead per condition
 region runs the model's own decoder layers with an explicit ``[batch, 1, rows, n]`` mask
 (never sdpa's implicit causal path, which with cached keys is wrong). Conditions with
 other primitives, or whose region is the whole forward, fall back to a full run.
+
+The clean pass's state (hidden states, a KV cache) lives in this process, so a remote
+backend (`avmech.backends`) runs every condition as one full trace instead: the same
+numbers, computed where the model is.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import TYPE_CHECKING, Sequence
 import torch
 from jaxtyping import Float
 
+from avmech.backends import Backend, resolve, use
 from avmech.interventions.base import Intervention, RunContext
 from avmech.interventions.knockout import AttentionKnockout, EdgeKnockout, causal_mask
 from avmech.interventions.run import RunResult, prepare_interventions, run
@@ -146,8 +151,19 @@ def region_logits(
         return m.lm_head_module(llm.norm(h[:, -1]))
 
 
-def run_many(m: AVModel, p: Prepared, conditions: Sequence[Sequence[Intervention]]) -> list[RunResult]:
-    """Results of each condition, as `run` gives them, computing only affected regions."""
+def run_many(
+    m: AVModel, p: Prepared, conditions: Sequence[Sequence[Intervention]], backend: str | Backend | None = None
+) -> list[RunResult]:
+    """Results of each condition, as `run` gives them: locally computing only affected
+    regions, remotely one full run per condition."""
+    where = resolve(backend)
+    if where.remote:
+        return [run(m, p, list(cond), backend=where) for cond in conditions]
+    with use(where):
+        return _affected_regions(m, p, conditions)
+
+
+def _affected_regions(m: AVModel, p: Prepared, conditions: Sequence[Sequence[Intervention]]) -> list[RunResult]:
     results: list[RunResult | None] = [None] * len(conditions)
     groups: dict[int, list[tuple[int, int, list[Intervention]]]] = {}
     for j, cond in enumerate(conditions):

@@ -9,6 +9,12 @@ attention, captures), so that readouts see the edited run.
 
 Only the last position goes through the unembedding: the final norm's output is cut to
 it inside the trace, so a 20,000-token input never builds a ``[pos, d_vocab]`` tensor.
+
+The same trace runs locally or on an NDIF server (`avmech.backends`). Its body refers
+only to what can travel: the model's envoy, the input tensors, the primitives and a run
+context; a remote run swaps in the portable context (the model's shape, no sample) and
+checks the primitives first. Readouts come back in one saved dict, which the trace
+itself creates, so that a server's copy is the one returned.
 """
 
 from __future__ import annotations
@@ -21,6 +27,8 @@ import torch
 from jaxtyping import Float
 from transformers import Cache
 
+from avmech.backends import Backend, RemoteError, check_portable, portable_context, resolve, use
+from avmech.errors import InputError
 from avmech.interventions.base import Intervention, RunContext
 from avmech.interventions.drop import TokenDrop
 
@@ -104,20 +112,41 @@ def prepare_interventions(m: AVModel, p: Prepared, interventions: Sequence[Inter
     return bound, ctx
 
 
-def run(m: AVModel, p: Prepared, interventions: Sequence[Intervention] = (), cache: Cache | None = None) -> RunResult:
-    """Run the LLM on ``p`` with ``interventions`` applied in one trace (filling ``cache`` if given)."""
-    bound, ctx = prepare_interventions(m, p, interventions)
+def run(
+    m: AVModel,
+    p: Prepared,
+    interventions: Sequence[Intervention] = (),
+    cache: Cache | None = None,
+    backend: str | Backend | None = None,
+) -> RunResult:
+    """Run the LLM on ``p`` with ``interventions`` applied in one trace (filling ``cache`` if given).
+
+    ``backend`` says where the trace runs (`avmech.backends.resolve`); a patch's source
+    run goes where this run goes."""
+    where = resolve(backend)
+    with use(where):
+        bound, ctx = prepare_interventions(m, p, interventions)
+    if where.remote:
+        if cache is not None:
+            raise InputError("a KV cache stays in this process: fill it with a local run (backend='local')")
+        check_portable(bound)
+        ctx = portable_context(ctx)
     order = sorted(range(len(bound)), key=lambda k: STAGES.index(bound[k].stage))
-    readouts: dict[int, Any] = {}
-    with torch.no_grad(), m.nn.trace() as tracer:
-        with tracer.invoke(**_llm_inputs(m, p, cache)):
-            m.nn.ln_final.output = m.nn.ln_final.output[:, -1:]
-            logits = m.nn.lm_head.output[0, -1].save()
+    inputs = _llm_inputs(m, p, cache)
+    model = m.nn
+    logits = None
+    with torch.no_grad(), model.trace(backend=where.tracer_backend(m)) as tracer:
+        readouts = nnsight.save({})
+        with tracer.invoke(**inputs):
+            model.ln_final.output = model.ln_final.output[:, -1:]
+            logits = model.lm_head.output[0, -1].save()
         for k in order:
             with tracer.invoke():
                 value = bound[k].apply(ctx)
                 if value is not None:
-                    readouts[k] = nnsight.save(value)
+                    readouts[k] = value
+    if logits is None:
+        raise RemoteError(f"the {type(where).__name__} run returned no logits: the server sent back no result")
     return RunResult(
         logits=logits.detach().float(),
         answer_ids=p.answer_ids,

@@ -32,10 +32,9 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
-from nnsight import NNsight
 from torch import nn
 
-from avmech.errors import ModelError
+from avmech.errors import InputError, ModelError
 from avmech.sample import AVSample
 from avmech.tokens import TokenMap
 
@@ -114,7 +113,10 @@ class AVModel:
         self.media_policy = dict(media_policy or {})
         self.paths = self._probe_paths()
         rename = {path: alias for alias, path in self.paths.items() if path != alias}
-        self.nn = NNsight(self.hf, rename=rename)
+        from avmech.backends import AVRemoteModel
+
+        self.nn = AVRemoteModel(self.hf, rename=rename)  # an nnsight envoy that can also run on an NDIF server
+        self.nn.repo_id = name
         text = self.llm_module.layers[0].self_attn
         self.n_layers = len(self.llm_module.layers)
         self.d_model = self.llm_module.embed_tokens.embedding_dim
@@ -218,25 +220,36 @@ class AVModel:
         return p._cache["encoded"]
 
     # ---- running ---------------------------------------------------------------------
-    def run(self, p: Prepared, interventions=()):
+    # ``backend``: "local", "ndif" or an `avmech.backends.Backend`; None: the one
+    # `avmech.backends.use` set, else local.
+    def run(self, p: Prepared, interventions=(), backend=None):
         """Run the LLM on ``p`` with a list of primitives in one trace: a `RunResult`."""
         from avmech.interventions.run import run
 
-        return run(self, p, list(interventions))
+        return run(self, p, list(interventions), backend=backend)
 
-    def run_many(self, p: Prepared, conditions):
+    def run_many(self, p: Prepared, conditions, backend=None):
         """Run each condition (a list of primitives) on ``p``; results in the same order.
 
-        Knockout conditions recompute only their affected region (`avmech.interventions.region`)."""
+        Locally, knockout conditions recompute only their affected region
+        (`avmech.interventions.region`); remotely each condition is one full run."""
         from avmech.interventions.region import run_many
 
-        return run_many(self, p, conditions)
+        return run_many(self, p, conditions, backend=backend)
 
-    def generate(self, p: Prepared, interventions=(), max_new_tokens: int = 8):
+    def generate(self, p: Prepared, interventions=(), max_new_tokens: int = 8, backend=None):
         """Greedy continuation of ``p`` under ``interventions`` (see `avmech.interventions.generate`)."""
+        from avmech.backends import resolve, use
         from avmech.interventions.generate import generate
 
-        return generate(self, p, list(interventions), max_new_tokens=max_new_tokens)
+        where = resolve(backend)
+        if where.remote:
+            raise InputError(
+                "generate loops over traces around a KV cache kept in this process, which cannot run on an NDIF "
+                "server: generate with backend='local' (m.run and m.run_many run remotely)"
+            )
+        with use(where):
+            return generate(self, p, list(interventions), max_new_tokens=max_new_tokens)
 
     def letter_ids(self, n: int) -> tuple[int, ...]:
         """Token ids of the first ``n`` option letters, as generated after the assistant header."""

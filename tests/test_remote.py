@@ -1,0 +1,416 @@
+"""Remote execution: the same runs, records and errors through nnsight's remote path.
+
+(a) Every primitive, and one flow of each kind, through the strict local simulation
+(`SimulatedBackend`: serialised, deserialised and executed with avmech unimportable)
+give the local numbers. (b) A loopback NDIF server (`tests/ndif_server.py`: nnsight's
+client protocol, a subprocess without avmech) runs requests and `avmech run --backend
+ndif`, and each failure a user meets has its error text checked.
+"""
+
+from __future__ import annotations
+
+import json
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import httpx
+import nnsight
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import avmech
+from avmech import (
+    Ablate,
+    ActivationPatch,
+    AttentionKnockout,
+    AttentionRead,
+    Capture,
+    EdgeKnockout,
+    Intervention,
+    LogitLens,
+    TokenDrop,
+    data,
+)
+from avmech.backends import AVRemoteModel, NDIFBackend, RemoteError, SimulatedBackend, model_key, use
+from avmech.cli import app
+from avmech.errors import InputError
+from avmech.experiment import load_experiment
+from avmech.flows import FLOWS
+from avmech.store import RecordStore
+
+ROOT = Path(__file__).resolve().parents[1]
+KEY = "test-key"
+SIM = SimulatedBackend()
+
+# Primitives defined here travel by value, as a user's own would (the server has no tests/).
+nnsight.register(sys.modules[__name__])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def _server_process(omni, tmp_path_factory):
+    """The loopback server, started early (it loads torch and the model in ~5 s)."""
+    path = avmech.models.embedded_path("tiny-omni", 0)
+    log = tmp_path_factory.mktemp("ndif-server") / "stderr.log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests" / "ndif_server.py"), "--serve", f"{model_key(omni)}={path}",
+             "--api-key", KEY, "--inline-limit", "65536"],
+            stdout=subprocess.PIPE, stderr=err, text=True,
+        )
+    proc.log = log
+    yield proc
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server(_server_process) -> str:
+    started, _, _ = select.select([_server_process.stdout], [], [], 120)
+    line = _server_process.stdout.readline() if started else "(no READY within 120 s)\n"
+    if not line.startswith("READY"):
+        pytest.fail(f"the loopback NDIF server did not start: {line}{_server_process.log.read_text()}")
+    return f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+@pytest.fixture(scope="module")
+def ndif(server) -> NDIFBackend:
+    return NDIFBackend(host=server, api_key=KEY)
+
+
+@pytest.fixture(scope="module")
+def samples(_server_process):
+    return data.read("av-speakerbench", data.synthetic.ensure("av-speakerbench", n=8), limit=2)
+
+
+@pytest.fixture(scope="module")
+def odyssey():
+    return data.read("av-odyssey", data.synthetic.ensure("av-odyssey", n=8), limit=1)
+
+
+def _same(a, b) -> None:
+    """Two RunResults are the same numbers (exactly: the same trace on the same weights)."""
+    assert torch.equal(a.logits, b.logits)
+    for x, y in zip(a.readouts, b.readouts, strict=True):
+        assert (x is None and y is None) or torch.equal(x, y)
+
+
+def primitives(m, p, q) -> dict[str, list[Intervention]]:
+    last = len(p) - 1
+    return {
+        "AttentionKnockout": [AttentionKnockout("audio | video", "last", [0, 1])],
+        "AttentionKnockout-heads": [AttentionKnockout("video", "question | last", [1, 2], heads=(0, 2))],
+        "EdgeKnockout": [EdgeKnockout([(last, k) for k in range(last // 2)], [1, 2])],
+        "ActivationPatch": [ActivationPatch("resid_post.1", "last", q)],
+        "Ablate": [Ablate("mlp_out.0", "audio | video", mode="mean"), Ablate("head_out.1.1", "question")],
+        "Capture": [Capture("head_out.1.0", "question"), Capture("resid_pre.2", "all")],
+        "LogitLens": [LogitLens(layers="all", positions="question | last", unembed="input")],
+        "TokenDrop": [TokenDrop("audio | video", 0), LogitLens(layers=[1, m.n_layers - 1])],
+        "AttentionRead": [AttentionRead("all", "last", ("audio", "video")), AttentionKnockout("audio", "last", [1])],
+    }
+
+
+# the sets that edit the run (AttentionRead reads one edited by a knockout)
+EDITS = ("AttentionKnockout", "AttentionKnockout-heads", "EdgeKnockout", "ActivationPatch", "Ablate", "TokenDrop",
+         "AttentionRead")
+
+
+# ---- (a) strict local simulation ------------------------------------------------------------
+@pytest.mark.parametrize("family", ["omni", "salmonn"])
+def test_every_primitive_gives_local_numbers_through_simulation(family, request, samples):
+    m = request.getfixturevalue(family)
+    p, q = m.prepare(samples[0]), m.prepare(samples[1])
+    base = m.run(p)
+    for name, prims in primitives(m, p, q).items():
+        local, simulated = m.run(p, prims), m.run(p, prims, backend=SIM)
+        _same(local, simulated)
+        assert (name not in EDITS) == torch.equal(local.logits, base.logits), name  # edits do edit
+
+
+def test_simulation_refuses_what_a_server_could_not_import(omni, samples, monkeypatch):
+    """With avmech sent by reference (not by value), the simulated server cannot import it."""
+    import avmech.backends
+
+    p = omni.prepare(samples[0])
+    monkeypatch.setattr(avmech.backends, "_ship_avmech", lambda: None)
+    nnsight.register(avmech)  # (so that it can be unregistered whatever ran before)
+    cloudpickle.unregister_pickle_by_value(avmech)
+    try:
+        with pytest.raises(ModuleNotFoundError, match="avmech"):
+            omni.run(p, [AttentionKnockout("audio", "last", [0])], backend=SIM)
+    finally:
+        nnsight.register(avmech)
+
+
+def _records(flow: str, m, samples, params: dict, monkeypatch) -> list[pd.DataFrame]:
+    """The flow's records run locally (nothing serialised), then through the simulation."""
+    import avmech.backends
+
+    sent = []
+    serialize = avmech.backends._serialize
+    monkeypatch.setattr(avmech.backends, "_serialize", lambda *a, **kw: sent.append(a) or serialize(*a, **kw))
+    fn, model = FLOWS[flow]
+    out = []
+    for backend in ("local", SIM):
+        with use(backend):
+            out.append(pd.DataFrame(fn(m, samples, model.model_validate(params))))
+        assert bool(sent) == (backend is SIM)
+    return out
+
+
+def _equal_records(a: pd.DataFrame, b: pd.DataFrame, atol: float = 0.0) -> None:
+    """Identical records, timings aside; ``atol`` for sweeps (locally: affected regions, remotely: full runs)."""
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) > 0
+    for col in a.columns:
+        if col.endswith("_ms"):
+            continue
+        if a[col].dtype.kind == "f":
+            np.testing.assert_allclose(a[col], b[col], atol=atol, rtol=0, err_msg=col)
+        else:
+            assert a[col].equals(b[col]), col
+
+
+FLOW_PARAMS = {
+    "knockout_sweep": {"edges": [["audio", "question"], ["video", "last"]], "k": [3], "only_correct": False,
+                       "random_control": True},
+    "attention_allocation": {"queries": ["last"]},
+    "attention_sinks": {"sink_z": 2.0},
+    "letter_lens": {},
+    "token_discard": {"settings": [{"name": "av", "drops": [{"group": "audio | video", "after": 0.5}]}],
+                      "repeats": 1},
+}
+
+
+@pytest.mark.parametrize("flow", list(FLOW_PARAMS))
+def test_each_flow_kind_gives_local_records_through_simulation(flow, omni, samples, monkeypatch):
+    local, simulated = _records(flow, omni, samples[:1], FLOW_PARAMS[flow], monkeypatch)
+    _equal_records(local, simulated, atol=1e-6 if flow == "knockout_sweep" else 0.0)
+
+
+def test_pathway_flow_gives_local_records_through_simulation(omni, odyssey, tmp_path, monkeypatch):
+    fn, model = FLOWS["knockout_sweep"]
+    sweep = fn(omni, odyssey, model.model_validate({"edges": [["candidates", "last"], ["options", "last"]],
+                                                    "k": [2], "only_correct": False}))
+    store = RecordStore(tmp_path / "sweep")
+    store.append(sweep)
+    store.finalize()
+    _equal_records(*_records("effective_pathway", omni, odyssey,
+                             {"sweep": str(tmp_path / "sweep"), "k": 2, "threshold": 0.0}, monkeypatch))
+
+
+# ---- refused before anything is sent -----------------------------------------------------
+class HoldsModel(Intervention):
+    model: object
+
+    def apply(self, ctx):
+        return None
+
+
+class ReadsSample(Intervention):
+    def apply(self, ctx):
+        return ctx.p.input_ids
+
+
+class ReadsLocalsInHelpers(Intervention):
+    what: str
+
+    def apply(self, ctx):
+        return self.sample(ctx) if self.what == "sample" else self.model(ctx)
+
+    def sample(self, ctx):
+        return ctx.p.input_ids
+
+    def model(self, ctx):
+        return ctx.m.hf
+
+
+def _named(m, name: str):
+    """A shallow stand-in for ``m`` loaded under another name."""
+    import copy
+
+    other = copy.copy(m)
+    other.name = name
+    return other
+
+
+def test_what_cannot_run_remotely_is_refused_before_sending(omni, samples):
+    p = omni.prepare(samples[0])
+    nowhere = NDIFBackend(host=f"http://127.0.0.1:{_free_port()}", api_key=KEY)  # sending would fail differently
+    with pytest.raises(InputError, match=r"HoldsModel\.model holds a OmniModel.*cannot travel"):
+        omni.run(p, [HoldsModel(omni)], backend=nowhere)
+    with pytest.raises(InputError, match=r"HoldsModel\.model holds a Prepared"):
+        omni.run(p, [HoldsModel(p)], backend=nowhere)
+    with pytest.raises(InputError, match=r"ReadsSample reads ctx\.p inside the trace"):
+        omni.run(p, [ReadsSample()], backend=nowhere)
+    with pytest.raises(InputError, match="generate with backend='local'"):
+        omni.generate(p, backend=nowhere)
+    with pytest.raises(InputError, match="unknown backend 'cloud'"):
+        omni.run(p, backend="cloud")
+    with pytest.raises(InputError, match="local directory"):
+        model_key(_named(omni, str(ROOT)))
+    # what apply's helpers read is not seen before sending; the server says what is missing
+    with pytest.raises(AttributeError, match=r"ctx\.p\.input_ids is not available in a remote run"):
+        omni.run(p, [ReadsLocalsInHelpers("sample")], backend=SIM)
+    with pytest.raises(AttributeError, match=r"ctx\.m\.hf is not available in a remote run.*n_heads"):
+        omni.run(p, [ReadsLocalsInHelpers("model")], backend=SIM)
+
+
+def test_host_key_and_model_key_resolution(omni, monkeypatch, tmp_path):
+    monkeypatch.setattr(nnsight.CONFIG.API, "HOST", "https://config.example")
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", "config-key")
+    monkeypatch.delenv("NDIF_HOST", raising=False)
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    assert (NDIFBackend().resolved_host(), NDIFBackend().resolved_api_key()) == ("https://config.example", "config-key")
+    monkeypatch.setenv("NDIF_HOST", "http://env.example/")
+    monkeypatch.setenv("NDIF_API_KEY", "env-key")
+    assert (NDIFBackend().resolved_host(), NDIFBackend().resolved_api_key()) == ("http://env.example", "env-key")
+    mine = NDIFBackend(host="http://mine.example", api_key="my-key")
+    assert (mine.resolved_host(), mine.resolved_api_key()) == ("http://mine.example", "my-key")
+    assert "my-key" not in repr(mine)
+    with pytest.raises(InputError, match="must start with http"):
+        NDIFBackend(host="api.ndif.us").resolved_host()
+    assert model_key(omni) == 'avmech.backends.AVRemoteModel:{"repo_id": "tiny-omni", "revision": null}'
+    assert model_key(_named(omni, str(ROOT)), "Qwen/Qwen2.5-Omni-7B").endswith('"Qwen/Qwen2.5-Omni-7B", "revision": null}')
+    assert json.loads(omni.nn.to_model_key().split(":", 1)[1])["repo_id"] == "tiny-omni"
+    exp_file = tmp_path / "exp.toml"
+    exp_file.write_text((ROOT / "experiments" / "letter_lens.toml").read_text()
+                        + '\n[ndif]\nhost = "http://table.example"\napi_key = "table-key"\ntimeout = 5\n')
+    exp = load_experiment(exp_file, backend="ndif")
+    assert exp.runner == NDIFBackend(host="http://table.example", api_key="table-key", timeout=5.0)
+    assert "table-key" not in json.dumps(exp.model_dump(), default=str)  # config.json never holds the key
+    exp_file.write_text(exp_file.read_text().replace("timeout = 5", "port = 5"))
+    with pytest.raises(InputError, match=r"ndif\.port"):
+        load_experiment(exp_file)
+
+
+def test_a_server_builds_the_model_from_its_key(omni_eager):
+    """What a self-hosted server deploying the key does: the same module paths (the ids a
+    request refers to), then the client's attention kernel switched on."""
+    served = AVRemoteModel.from_model_key(model_key(omni_eager))
+    assert served._module.config._attn_implementation == "sdpa" and served._module is not omni_eager.hf
+    assert served._remoteable_persistent_objects().keys() == omni_eager.nn._remoteable_persistent_objects().keys()
+    served._remoteable_set_env(omni_eager.nn._remoteable_get_env())
+    assert served._module.config._attn_implementation == "eager"
+
+
+# ---- (b) a loopback NDIF server --------------------------------------------------------------
+@pytest.mark.parametrize("family", ["omni", "omni_eager"])
+def test_runs_on_the_server_equal_local_runs(family, request, ndif, samples, monkeypatch):
+    """Every primitive at once; the attention kernel travels with the request (the server
+    switches its one model between sdpa and eager, whose numbers differ in the last bits).
+    Results come back both ways: inline on the websocket, and staged at /result/{id}."""
+    from nnsight.intervention.backends.remote import RemoteBackend
+
+    fetched = []
+    download = RemoteBackend.download_result
+    monkeypatch.setattr(RemoteBackend, "download_result", lambda self, data: fetched.append(type(data)) or
+                        download(self, data))
+    m = request.getfixturevalue(family)
+    p, q = m.prepare(samples[0]), m.prepare(samples[1])
+    prims = [i for group in primitives(m, p, q).values() for i in group if not isinstance(i, TokenDrop)]
+    _same(m.run(p, prims), m.run(p, prims, backend=ndif))  # > 64 kB (Capture of "all"): staged
+    drop = primitives(m, p, q)["TokenDrop"]
+    _same(m.run(p, drop), m.run(p, drop, backend=ndif))
+    sweep = [[AttentionKnockout("audio", "question", range(c, c + 2))] for c in range(m.n_layers - 1)]
+    for here, there in zip(m.run_many(p, sweep), m.run_many(p, sweep, backend=ndif), strict=True):
+        torch.testing.assert_close(here.logits, there.logits, atol=1e-6, rtol=0)  # locally: affected regions only
+    assert set(fetched) == {bytes, str}  # small results inline, the large one staged
+
+
+def test_cli_on_the_server_equals_local_and_resumes(server, monkeypatch, tmp_path):
+    """`avmech run --backend ndif` (27 requests): cut short by the server going away,
+    resumed, then the same records as `--backend local`."""
+    monkeypatch.setenv("NDIF_HOST", server)
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    args = ["run", str(ROOT / "experiments" / "token_discard.toml"), "--limit", "1", "--results"]
+    local = CliRunner().invoke(app, args + [str(tmp_path / "local"), "--backend", "local"])
+    assert local.exit_code == 0, local.output
+    httpx.post(f"{server}/_control", json={"fail_after": 10})
+    cut = CliRunner().invoke(app, args + [str(tmp_path / "ndif"), "--backend", "ndif"])
+    assert cut.exit_code == 3, cut.output
+    assert "refused the request (HTTP 503): Service temporarily unavailable" in cut.output
+    assert "run the same command again to resume" in cut.output
+    log = tmp_path / "ndif" / "token_discard" / "tiny-omni" / "records.jsonl"
+    assert [json.loads(line)["condition"] for line in log.read_text().splitlines()] == ["full", "discard|video"]
+    httpx.post(f"{server}/_control", json={"fail_after": None})
+    resumed = CliRunner().invoke(app, args + [str(tmp_path / "ndif"), "--backend", "ndif"])
+    assert resumed.exit_code == 0, resumed.output
+    a, b = (pd.read_parquet(tmp_path / d / "token_discard" / "tiny-omni" / "records.parquet") for d in ("local", "ndif"))
+    assert len(b) == 5 and not b.duplicated(["sample_id", "condition"]).any()
+    _equal_records(a, b)
+    assert json.loads((log.parent / "config.json").read_text())["backend"] == "ndif"
+
+
+def test_a_wrong_api_key_is_rejected(omni, server, samples, tmp_path, monkeypatch):
+    p = omni.prepare(samples[0])
+    with pytest.raises(RemoteError, match=r"rejected the API key \(HTTP 401: Missing or invalid API key.*NDIF_API_KEY"):
+        omni.run(p, backend=NDIFBackend(host=server, api_key="not-the-key"))
+    monkeypatch.setenv("NDIF_HOST", server)
+    monkeypatch.setenv("NDIF_API_KEY", "not-the-key")
+    result = CliRunner().invoke(app, ["run", str(ROOT / "experiments" / "letter_lens.toml"), "--backend", "ndif",
+                                      "--limit", "1", "--results", str(tmp_path)])
+    assert result.exit_code == 3 and f"error: the NDIF server at {server} rejected the API key" in result.output
+
+
+def test_a_model_the_server_does_not_serve(omni, ndif, samples):
+    p = omni.prepare(samples[0])
+    other = NDIFBackend(host=ndif.host, api_key=KEY, model="Qwen/Qwen2.5-Omni-7B")
+    with pytest.raises(RemoteError, match=r'(?s)did not accept request .*"Qwen/Qwen2.5-Omni-7B".*is not served by this '
+                                          r"NDIF server.*\[ndif\] model"):
+        omni.run(p, backend=other)
+
+
+def test_an_unreachable_server(omni, server, samples):
+    p = omni.prepare(samples[0])
+    host = f"http://127.0.0.1:{_free_port()}"
+    with pytest.raises(RemoteError, match=rf"cannot reach the NDIF server at {host} \(ConnectionRefusedError.*NDIF_HOST"):
+        omni.run(p, backend=NDIFBackend(host=host, api_key=KEY))
+    with pytest.raises(RemoteError, match=r"refused the status websocket \(/subscribe\) with HTTP 40\d: .*NDIF server"):
+        omni.run(p, backend=NDIFBackend(host=f"{server}/not-ndif", api_key=KEY))  # a web server, not NDIF
+
+
+class Fails(Intervention):
+    def apply(self, ctx):
+        raise ValueError("this primitive fails on the server")
+
+
+class Sleeps(Intervention):
+    seconds: float
+
+    def apply(self, ctx):
+        time.sleep(self.seconds)
+
+
+class ImportsAvmech(Intervention):
+    def apply(self, ctx):
+        import avmech  # noqa: F401
+
+
+def test_a_server_side_exception_shows_its_message(omni, ndif, samples):
+    p = omni.prepare(samples[0])
+    with pytest.raises(RemoteError, match=r"(?s)request \w+ failed on the NDIF server at .*"
+                                          r"ValueError: this primitive fails on the server"):
+        omni.run(p, [Fails()], backend=ndif)
+    with pytest.raises(RemoteError, match="No module named 'avmech'"):  # the server really has no avmech
+        omni.run(p, [ImportsAvmech()], backend=ndif)
+
+
+def test_a_request_past_its_timeout(omni, ndif, samples):
+    impatient = NDIFBackend(host=ndif.host, api_key=KEY, timeout=0.3)
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError, match=r"request \w+ got no result from .* within 0\.3 s.*raise the timeout"):
+        omni.run(omni.prepare(samples[0]), [Sleeps(1.5)], backend=impatient)
+    assert time.monotonic() - t0 < 1.5
