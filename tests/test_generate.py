@@ -79,3 +79,5 @@ def test_generation_after_a_drop_keeps_a_shorter_cache(model):
     dropped = p.tokens.positions("audio | video")
     g = model.generate(p, [TokenDrop("audio | video", after_layer=1)], max_new_tokens=5)
     assert list(g.ids) == reference_tokens(model, p, len(g.ids), drop=(dropped, 1))
+    n, new = len(p), len(g.ids) - 1  # the last token is never fed back
+    assert g.cache_lengths == (n + new,) * 2 + (n - len(dropped) + new,) * (model.n_layers - 2)

@@ -34,11 +34,13 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Generation:
-    """Greedy continuation: new token ids and text, and the prefill's `RunResult`."""
+    """Greedy continuation: new token ids and text, the prefill's `RunResult`, and the
+    KV cache length of every layer at the end (shorter after a `TokenDrop`)."""
 
     ids: tuple[int, ...]
     text: str
     prefill: RunResult
+    cache_lengths: tuple[int, ...]
 
 
 def generate(
@@ -79,4 +81,5 @@ def generate(
                     attn.inputs = (args, {**kwargs, "attention_mask": masks[layer]})
                 logits = m.nn.lm_head.output[0, -1].save()
         ids.append(int(logits.argmax()))
-    return Generation(tuple(ids), m.tokenizer.decode(ids, skip_special_tokens=True), prefill)
+    lengths = tuple(cache.layers[layer].get_seq_length() for layer in range(m.n_layers))
+    return Generation(tuple(ids), m.tokenizer.decode(ids, skip_special_tokens=True), prefill, lengths)
