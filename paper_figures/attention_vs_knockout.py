@@ -63,8 +63,7 @@ def draw(records: dict[str, pd.DataFrame], meta: common.Meta) -> Figure:
 
 def main(results_dir: str | Path = "results", out_dir: str | Path = "paper_figures/out") -> common.Rendered:
     records, meta = common.load_many(results_dir, EXPERIMENTS)
-    files = common.save(draw(records, meta), out_dir, NAME)
-    return common.Rendered(NAME, TITLE, tuple(files), meta)
+    return common.render(NAME, TITLE, draw(records, meta), meta, out_dir)
 
 
 if __name__ == "__main__":

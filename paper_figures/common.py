@@ -269,6 +269,17 @@ def save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
     return paths
 
 
+def render(name: str, title: str, fig: Figure, meta: Meta, out_dir: str | Path) -> Rendered:
+    """Save a drawn figure and describe it for the index."""
+    return Rendered(name, title, tuple(save(fig, out_dir, name)), meta)
+
+
+def render_table(name: str, title: str, note: str, table: pd.DataFrame, display: pd.DataFrame, fig: Figure,
+                 meta: Meta, out_dir: str | Path) -> Rendered:
+    """Save a table (image, Markdown, CSV) and describe it for the index."""
+    return Rendered(name, title, tuple(save_table(table, display, fig, out_dir, name, title, meta, note)), meta)
+
+
 def script(main: Callable[..., Rendered]) -> None:
     """Run a figure script from the shell: ``python -m paper_figures.<name> [RESULTS] [OUT]``."""
     rendered = main(*sys.argv[1:3])

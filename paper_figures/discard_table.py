@@ -84,8 +84,7 @@ def draw(records: dict[str, pd.DataFrame], meta: common.Meta) -> Figure:
 def main(results_dir: str | Path = "results", out_dir: str | Path = "paper_figures/out") -> common.Rendered:
     records, meta = common.load_many(results_dir, EXPERIMENTS)
     t = table(records)
-    files = common.save_table(t, formatted(t), draw(records, meta), out_dir, NAME, TITLE, meta, NOTE)
-    return common.Rendered(NAME, TITLE, tuple(files), meta)
+    return common.render_table(NAME, TITLE, NOTE, t, formatted(t), draw(records, meta), meta, out_dir)
 
 
 if __name__ == "__main__":

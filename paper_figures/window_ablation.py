@@ -76,8 +76,7 @@ def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
 
 def main(results_dir: str | Path = "results", out_dir: str | Path = "paper_figures/out") -> common.Rendered:
     records, meta = common.load(results_dir, EXPERIMENT)
-    files = common.save(draw(records, meta), out_dir, NAME)
-    return common.Rendered(NAME, TITLE, tuple(files), meta)
+    return common.render(NAME, TITLE, draw(records, meta), meta, out_dir)
 
 
 if __name__ == "__main__":
