@@ -206,7 +206,6 @@ def test_every_experiment_file_is_valid():
     assert flows == set(FLOWS)
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_every_experiment_runs_on_the_embedded_default(path, tmp_path):
     if path.stem == "effective_pathway":

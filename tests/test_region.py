@@ -74,3 +74,20 @@ def test_region_engine_computes_only_the_affected_rows(omni, prepared):
     full_pass = len(p) * omni.n_layers
     assert sum(rows) <= full_pass + len(conds) * omni.n_layers  # one clean pass + one row per layer and condition
     assert sum(rows) < 0.15 * full_pass * len(conds)
+
+
+@pytest.mark.slow
+def test_study_sweep_on_the_bench_model_equals_full_passes():
+    """The benchmark's whole sweep (5 edges x k=7 windows, ~1,000 tokens of bench-omni):
+    every condition's dp within 1e-5 of a full pass."""
+    import avmech
+    from avmech import metrics
+    from benchmarks.common import clip_sample
+    from benchmarks.sweep import conditions
+
+    m = avmech.load("bench-omni", seed=0)
+    p = m.prepare(clip_sample(10))
+    conds = conditions(m)
+    base = m.run(p)
+    for cond, fast in zip(conds, m.run_many(p, conds)):
+        assert abs(metrics.dp(fast, base) - metrics.dp(m.run(p, cond), base)) < 1e-5, cond
