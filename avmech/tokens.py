@@ -196,8 +196,17 @@ class TokenMap:
             f"({', '.join(list(GROUP_ALIASES) + list(_SPECIAL))}), item(k) or option(k)"
         )
 
-    def group(self, expr: str | Group) -> Group:
-        """Resolve a group name or expression (``"audio | video"``, ``"options - correct"``)."""
+    def group(self, expr: str | Group | list | tuple) -> Group:
+        """Resolve a group name or expression (``"audio | video"``, ``"options - correct"``);
+        a list of them means their union (``["audio", "video"]``)."""
+        if isinstance(expr, (list, tuple)):
+            if not expr:
+                return Group("nothing", ())
+            groups = [self.group(e) for e in expr]
+            out = groups[0]
+            for g in groups[1:]:
+                out = out | g
+            return out
         if isinstance(expr, Group):
             bad = [p for p in expr.positions if not 0 <= p < len(self)]
             if bad:

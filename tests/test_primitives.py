@@ -369,3 +369,11 @@ def test_metrics_and_run_many(model, prepared):
     assert avmech.metrics.accuracy([base]) == float(base.correct)
     ids = prepared.answer_ids
     assert avmech.metrics.logit_diff(base, 0, 1) == pytest.approx(float(base.logits[ids[0]] - base.logits[ids[1]]))
+
+
+def test_a_list_of_groups_is_their_union(model, prepared):
+    t = prepared.tokens
+    assert t.group(["audio", "video"]).positions == t.group("audio | video").positions
+    a = model.run(prepared, [TokenDrop(["audio", "video"], after_layer=1)])
+    b = model.run(prepared, [TokenDrop("audio | video", after_layer=1)])
+    assert torch.equal(a.logits, b.logits)

@@ -46,7 +46,7 @@ from avmech.tokens import Group
 if TYPE_CHECKING:
     from avmech.models.base import AVModel, Prepared
 
-GroupSpec = str | Group
+GroupSpec = str | Group | tuple  # a tuple (or list) of specs is their union
 SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head_out")
 
 
