@@ -210,3 +210,24 @@ def test_cli_inspect_prints_the_layout(media_dir):
     assert "audio chunk 0" in result.output and "video chunk 1" in result.output and "last" in result.output
     bad = CliRunner().invoke(app, ["inspect", str(media_dir / "silent.mp4"), "--question", "Who?"])
     assert bad.exit_code == 2 and "no audio track" in bad.output
+
+
+def test_the_released_full_checkpoint_layout_loads_the_thinker_only(omni, media_dir, tmp_path):
+    """Qwen/Qwen2.5-Omni-* ship the whole model (model_type qwen2_5_omni, weights under
+    thinker.*, a speaker dictionary); avmech builds and loads the thinker alone."""
+    import json
+
+    from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
+
+    full = Qwen2_5OmniForConditionalGeneration(
+        Qwen2_5OmniConfig(thinker_config=omni.hf.config.to_dict(), enable_audio_output=False))
+    full.thinker.load_state_dict(omni.hf.state_dict())
+    full.save_pretrained(tmp_path)
+    omni.processor.save_pretrained(tmp_path)
+    torch.save({}, tmp_path / "spk_dict.pt")
+    (tmp_path / "avmech_media.json").write_text(json.dumps(omni.media_policy))
+    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "qwen2_5_omni"
+    again = avmech.load(str(tmp_path), dtype=torch.float32)
+    assert type(again.hf).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+    p = omni.prepare(_av_sample(media_dir))
+    assert torch.equal(omni.run(p).logits, again.run(again.prepare(p.sample)).logits)
