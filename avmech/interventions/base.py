@@ -102,12 +102,16 @@ class Intervention:
         return dataclasses.replace(self, **changes)
 
 
-def layer_list(layers: int | range | list[int] | tuple[int, ...] | str, n_layers: int | None = None) -> tuple[int, ...]:
-    """Normalise a layer spec (an int, a range, a list, or "all") to a sorted tuple."""
+LayerSpec = int | range | list[int] | tuple[int, ...] | str
+
+
+def layer_list(layers: LayerSpec) -> tuple[int, ...] | str:
+    """Normalise a layer spec to a sorted tuple, or ``"all"`` (resolved against a model by
+    `RunContext.check_layers`: primitives are built before any model is known)."""
     if layers == "all":
-        if n_layers is None:
-            return ("all",)  # resolved at check time
-        return tuple(range(n_layers))
+        return "all"
+    if isinstance(layers, str):
+        raise InputError(f"layers={layers!r}: give an int, a range, a list of ints or 'all'")
     if isinstance(layers, int):
         return (layers,)
     out = tuple(sorted(set(int(x) for x in layers)))
@@ -201,8 +205,9 @@ class RunContext:
         return self.layer(layer).self_attn.o_proj.input[..., head * hd:(head + 1) * hd]
 
     # ---- checks ------------------------------------------------------------------------
-    def check_layers(self, layers: tuple[int, ...], what: str, lo: int = 0) -> tuple[int, ...]:
-        if layers == ("all",):
+    def check_layers(self, layers: tuple[int, ...] | str, what: str, lo: int = 0) -> tuple[int, ...]:
+        """The layers of a spec on this model; raises naming those outside it."""
+        if layers == "all":
             return tuple(range(self.n_layers))
         bad = [x for x in layers if not lo <= x < self.n_layers]
         if bad:
