@@ -414,3 +414,22 @@ def test_a_request_past_its_timeout(omni, ndif, samples):
     with pytest.raises(RemoteError, match=r"request \w+ got no result from .* within 0\.3 s.*raise the timeout"):
         omni.run(omni.prepare(samples[0]), [Sleeps(1.5)], backend=impatient)
     assert time.monotonic() - t0 < 1.5
+
+
+def test_a_client_without_the_decoder_runs_on_the_server(omni, ndif, samples, salmonn):
+    """decoder='server' keeps the encoders, the embeddings and one layer here; its runs on the
+    server equal a full local model's, and a local run is refused with the fix."""
+    light = avmech.load("tiny-omni", seed=0, decoder="server")
+    assert light.decoder_on_server and len(light.llm_module.layers) == 1 and light.n_layers == omni.n_layers
+    full_params = sum(t.numel() for t in omni.hf.parameters())
+    assert sum(t.numel() for t in light.hf.parameters()) < full_params
+    p, q = light.prepare(samples[0]), omni.prepare(samples[0])
+    assert torch.equal(light.encode(p).inputs_embeds, omni.encode(q).inputs_embeds)
+    prims = [AttentionKnockout("audio | video", "last", [1, 2]), LogitLens(layers="all")]
+    _same(omni.run(q, prims), light.run(p, prims, backend=ndif))
+    with pytest.raises(avmech.ModelError, match="backend='ndif'"):
+        light.run(p)
+    thin = avmech.load("tiny-salmonn", seed=0, decoder="server")
+    assert len(thin.llm_module.layers) == 1 and thin.n_layers == salmonn.n_layers
+    with pytest.raises(avmech.ModelError, match="decoder='server'"):
+        thin.run_many(thin.prepare(samples[0]), [[AttentionKnockout("audio", "last", [1])]])

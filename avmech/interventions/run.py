@@ -28,7 +28,7 @@ from jaxtyping import Float
 from transformers import Cache
 
 from avmech.backends import Backend, RemoteError, check_portable, portable_context, resolve, use
-from avmech.errors import InputError
+from avmech.errors import InputError, ModelError
 from avmech.interventions.base import Intervention, RunContext
 from avmech.interventions.drop import TokenDrop
 
@@ -124,6 +124,11 @@ def run(
     ``backend`` says where the trace runs (`avmech.backends.resolve`); a patch's source
     run goes where this run goes."""
     where = resolve(backend)
+    if m.decoder_on_server and not where.remote:
+        raise ModelError(
+            f"{m.name} was loaded with decoder='server' (its LLM layers are on the NDIF server): "
+            "run with backend='ndif', or load it with decoder='local'"
+        )
     with use(where):
         bound, ctx = prepare_interventions(m, p, interventions)
     if where.remote:

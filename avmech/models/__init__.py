@@ -10,6 +10,7 @@ read from ``config.json``: Qwen2.5-Omni by its model type, video-SALMONN 2+ as a
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,13 @@ from avmech.models.tiny import OMNI_SIZES, SALMONN_SIZES, cache_dir, save_omni, 
 EMBEDDED = {**{name: "qwen2.5-omni" for name in OMNI_SIZES}, **{name: "video-salmonn2+" for name in SALMONN_SIZES}}
 
 
+# Bumped whenever the embedded builders change, so a cache never serves a stale model.
+EMBEDDED_VERSION = 2
+
+
 def embedded_path(name: str, seed: int) -> Path:
     """The on-disk checkpoint of an embedded model, built on first use."""
-    path = cache_dir() / f"{name}-seed{seed}"
+    path = cache_dir() / f"{name}-seed{seed}-v{EMBEDDED_VERSION}"
     if not (path / "config.json").exists():
         if name in SALMONN_SIZES:
             save_salmonn(name, path, seed=seed)  # writes its media policy itself
@@ -67,15 +72,22 @@ def load(
     seed: int = 0,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype | str | None = None,
+    decoder: str = "local",
     **kwargs: Any,
 ) -> AVModel:
     """Load an audio-visual model by embedded name, hub id or checkpoint directory.
 
     ``attn_implementation`` is "sdpa" (default) or "eager"; kernels that ignore explicit
     attention masks (flash attention) are refused by the primitives that need masks.
-    Other keyword arguments (``device_map`` ...) go to ``from_pretrained``; video-SALMONN 2+
-    also takes ``position_mode="official" | "aligned"`` (see `avmech.models.salmonn`).
+    ``decoder="server"`` loads what runs here when the LLM runs on an NDIF server (the
+    processor, the encoders, the embeddings and one decoder layer for shapes; the other
+    layers are never read), so a 7B client needs a fraction of its memory; such a model
+    runs with ``backend="ndif"`` only. Other keyword arguments (``device_map`` ...) go to
+    ``from_pretrained``; video-SALMONN 2+ also takes ``position_mode="official" |
+    "aligned"`` (see `avmech.models.salmonn`).
     """
+    if decoder not in ("local", "server"):
+        raise ModelError(f"decoder={decoder!r}: use 'local' or 'server' (the LLM runs on an NDIF server)")
     path = embedded_path(name, seed) if name in EMBEDDED else _resolve(name)
     config_file = path / "config.json"
     if not config_file.exists():
@@ -90,22 +102,57 @@ def load(
     hf_logging.disable_progress_bar()
     opts = dict(attn_implementation=attn_implementation, dtype=dtype, **kwargs)
     if is_released_salmonn(config):
-        return load_salmonn(path, name=name, media_policy=policy, **opts)
+        return load_salmonn(path, name=name, media_policy=policy, decoder=decoder, **opts)
     if "position_mode" in opts:
         raise ModelError("position_mode applies to video-SALMONN 2+ only: drop it for this model")
-    if model_type == "qwen2_5_omni_thinker":
-        return load_omni(path, name=name, media_policy=policy, **opts)
-    if model_type == "qwen2_5_omni":
+    if model_type not in ("qwen2_5_omni_thinker", "qwen2_5_omni"):
+        raise ModelError(
+            f"{path}: model type {model_type!r} is not supported: avmech knows qwen2_5_omni(_thinker) and "
+            "video-SALMONN 2+ (qwen2_5_vl with an audio_config)"
+        )
+    served = None
+    if decoder == "server":
+        opts["config"], served = _one_layer_config(path)
+    with _quiet(decoder == "server"):  # the unread layers are reported as unexpected keys, by design
+        if model_type == "qwen2_5_omni_thinker":
+            return load_omni(path, name=name, media_policy=policy, served_layers=served, **opts)
         from transformers import Qwen2_5OmniForConditionalGeneration
 
         from avmech.models.base import load_processor
 
         full = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(path), enable_audio_output=False, **opts)
-        return OmniModel(full.thinker, load_processor(path), name=name, media_policy=policy)
-    raise ModelError(
-        f"{path}: model type {model_type!r} is not supported: avmech knows qwen2_5_omni(_thinker) and "
-        "video-SALMONN 2+ (qwen2_5_vl with an audio_config)"
-    )
+    return OmniModel(full.thinker, load_processor(path), name=name, media_policy=policy, served_layers=served)
+
+
+@contextlib.contextmanager
+def _quiet(enabled: bool):
+    """Silence transformers' loading report for the duration (restoring its verbosity)."""
+    from transformers.utils import logging as hf_logging
+
+    previous = hf_logging.get_verbosity()
+    if enabled:
+        hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(previous)
+
+
+def _one_layer_config(path: Path):
+    """The checkpoint's config with its text decoder cut to one layer, and the true depth."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path))
+    if getattr(config, "thinker_config", None) is not None:  # the full Qwen2.5-Omni checkpoint
+        config.enable_audio_output = False
+        text = config.thinker_config.text_config
+    else:
+        text = config.get_text_config()
+    depth = text.num_hidden_layers
+    text.num_hidden_layers = 1
+    if getattr(text, "layer_types", None):
+        text.layer_types = text.layer_types[:1]
+    return config, depth
 
 
 __all__ = ["AVModel", "Encoded", "OmniModel", "Prepared", "SalmonnModel", "load"]

@@ -105,7 +105,8 @@ class AVModel:
     audio_paths: tuple[str, ...] = ()
     vision_paths: tuple[str, ...] = ()
 
-    def __init__(self, hf: nn.Module, processor: Any, name: str, media_policy: dict[str, Any] | None = None):
+    def __init__(self, hf: nn.Module, processor: Any, name: str, media_policy: dict[str, Any] | None = None,
+                 served_layers: int | None = None):
         self.hf = hf.eval()
         self.processor = processor
         self.tokenizer = processor.tokenizer
@@ -118,7 +119,10 @@ class AVModel:
         self.nn = AVRemoteModel(self.hf, rename=rename)  # an nnsight envoy that can also run on an NDIF server
         self.nn.repo_id = name
         text = self.llm_module.layers[0].self_attn
-        self.n_layers = len(self.llm_module.layers)
+        # A client of a server that holds the decoder keeps one layer here (for shapes) and
+        # knows the served depth: see `avmech.load(..., decoder="server")`.
+        self.decoder_on_server = served_layers is not None
+        self.n_layers = served_layers if self.decoder_on_server else len(self.llm_module.layers)
         self.d_model = self.llm_module.embed_tokens.embedding_dim
         self.n_heads = getattr(text, "num_heads", None) or text.config.num_attention_heads
         self.n_kv_heads = getattr(text, "num_key_value_heads", None) or text.config.num_key_value_heads

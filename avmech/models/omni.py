@@ -398,10 +398,11 @@ class OmniModel(AVModel):
         return embeds
 
 
-def load_omni(path: str | Path, name: str, media_policy: dict[str, Any] | None = None, **kwargs) -> OmniModel:
+def load_omni(path: str | Path, name: str, media_policy: dict[str, Any] | None = None,
+              served_layers: int | None = None, **kwargs) -> OmniModel:
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
     from avmech.models.base import load_processor
 
     hf = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(str(path), **kwargs)
-    return OmniModel(hf, load_processor(path), name=name, media_policy=media_policy)
+    return OmniModel(hf, load_processor(path), name=name, media_policy=media_policy, served_layers=served_layers)

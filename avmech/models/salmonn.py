@@ -108,12 +108,13 @@ class SalmonnModel(AVModel):
     vision_paths = ("vl.model.visual",)
 
     def __init__(self, hf: VideoSalmonn2Plus, processor: SalmonnProcessor, name: str,
-                 media_policy: dict[str, Any] | None = None, position_mode: str = "official"):
+                 media_policy: dict[str, Any] | None = None, position_mode: str = "official",
+                 served_layers: int | None = None):
         self.policy = MediaPolicy.from_dict(media_policy)
         self.position_mode = check_position_mode(position_mode)
         with warnings.catch_warnings():  # the Q-Former's `.output` submodules are `.E_output` under nnsight
             warnings.filterwarnings("ignore", message=".*has a submodule named 'output'", category=UserWarning)
-            super().__init__(hf, processor, name=name, media_policy=media_policy)
+            super().__init__(hf, processor, name=name, media_policy=media_policy, served_layers=served_layers)
         cfg = hf.config
         self.token_ids = dict(
             video=cfg.vl_config.video_token_id, image=cfg.vl_config.image_token_id, audio=cfg.audio_token_id,
@@ -330,18 +331,21 @@ def load_salmonn(
     dtype: torch.dtype | str | None = "auto",
     device_map: str | torch.device | None = None,
     position_mode: str = "official",
+    decoder: str = "local",
 ) -> SalmonnModel:
     """Load a checkpoint in the released layout as a `SalmonnModel`.
 
     ``device_map`` is one device ("cuda", "cuda:1", "cpu") or "auto" (the first GPU if
-    any); ``position_mode`` is "official" or "aligned" (see the module docstring).
+    any); ``position_mode`` is "official" or "aligned" (see the module docstring);
+    ``decoder="server"`` reads only the encoders, embeddings and one decoder layer.
     """
     if device_map == "auto":
         device_map = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device_map or "cpu")
-    hf = read_released(Path(path), attn_implementation=attn_implementation, dtype=dtype, device=device)
+    hf, served = read_released(Path(path), attn_implementation=attn_implementation, dtype=dtype, device=device,
+                               keep_layers=1 if decoder == "server" else None)
     return SalmonnModel(hf, SalmonnProcessor.from_pretrained(path), name=name, media_policy=media_policy,
-                        position_mode=position_mode)
+                        position_mode=position_mode, served_layers=served if decoder == "server" else None)
 
 
 def is_released_salmonn(config: dict[str, Any]) -> bool:

@@ -32,12 +32,14 @@ very loader a real checkpoint takes.
 from __future__ import annotations
 
 import json
+import re
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import Blip2QFormerConfig, Qwen2_5_VLConfig, WhisperConfig
 from transformers.initialization import no_init_weights
 
@@ -201,11 +203,20 @@ def _names(keys, limit: int = 8) -> str:
 
 def read_released(
     path: Path, *, attn_implementation: str = "sdpa", dtype: torch.dtype | str | None = "auto",
-    device: torch.device = torch.device("cpu"),
-) -> VideoSalmonn2Plus:
-    """Build `VideoSalmonn2Plus` from a released checkpoint directory, every weight accounted for."""
+    device: torch.device = torch.device("cpu"), keep_layers: int | None = None,
+) -> tuple[VideoSalmonn2Plus, int]:
+    """Build `VideoSalmonn2Plus` from a released checkpoint directory, every weight accounted for,
+    and return it with the checkpoint's decoder depth. ``keep_layers`` builds and reads only the
+    first decoder layers (a client whose decoder runs on a server); the others are not read."""
     config = config_from_released(json.loads((path / "config.json").read_text()))
     config._attn_implementation = attn_implementation
+    text = config.vl_config.get_text_config()
+    depth = text.num_hidden_layers
+    if keep_layers is not None:
+        text.num_hidden_layers = keep_layers
+        if getattr(text, "layer_types", None):
+            text.layer_types = text.layer_types[:keep_layers]
+    skipped = re.compile(rf"^vl\.model\.language_model\.layers\.(\d+)\.")
     if dtype in (None, "auto"):
         dtype = config.vl_config.dtype or torch.float32
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
@@ -215,12 +226,16 @@ def read_released(
     state: dict[str, torch.Tensor] = {}
     unknown: list[str] = []
     for file in files:
-        for key, tensor in load_file(str(file), device=str(device)).items():
-            name = internal_name(key)
-            if name is not None:
-                state[name] = tensor
-            elif key != DROPPED:
-                unknown.append(key)
+        with safe_open(str(file), framework="pt", device=str(device)) as f:
+            for key in f.keys():
+                name = internal_name(key)
+                layer = skipped.match(name) if name is not None else None
+                if keep_layers is not None and layer and int(layer.group(1)) >= keep_layers:
+                    continue  # served by the server: never read here
+                if name is not None:
+                    state[name] = f.get_tensor(key)
+                elif key != DROPPED:
+                    unknown.append(key)
     with _default_dtype(dtype), torch.device(device), no_init_weights():
         hf = VideoSalmonn2Plus(config)
     expected = hf.state_dict()
@@ -245,7 +260,7 @@ def read_released(
     hf.load_state_dict({k: v.to(dtype) for k, v in state.items()}, strict=True, assign=True)
     if tied:
         hf.vl.lm_head.weight = hf.get_input_embeddings().weight
-    return hf.eval()
+    return hf.eval(), depth
 
 
 def write_released(hf: VideoSalmonn2Plus, path: Path) -> None:
