@@ -149,7 +149,9 @@ def run_experiment(
         raise InputError(f"shard {shard[0]}/{shard[1]}: write i/n with 0 <= i < n")
     store = RecordStore(results_dir(exp, results), shard)
     store.write_meta(exp.model_dump())
-    m = model if model is not None else avmech.load(exp.model, seed=exp.seed)
+    # On an NDIF server the LLM runs there: load only what runs here (processor, encoders, embeddings).
+    decoder = "server" if exp.backend == "ndif" else "local"
+    m = model if model is not None else avmech.load(exp.model, seed=exp.seed, decoder=decoder)
     samples = load_samples(exp.data, exp.seed)
     if shard is not None:
         samples = samples[shard[0]::shard[1]]
