@@ -59,7 +59,7 @@ class AttentionRead(Intervention):
         ctx.check_layers(self.layers, "AttentionRead")
         ctx.tokens.nonempty(self.queries, "AttentionRead queries")
 
-    def apply(self, ctx: RunContext) -> Float[torch.Tensor, "layer head query group"]:
+    def apply(self, ctx: RunContext) -> Float[torch.Tensor, "layer head query key_group"]:
         member = self._members(ctx)
         other = self._other(ctx)
         if other is not None:

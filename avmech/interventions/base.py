@@ -171,7 +171,7 @@ class RunContext:
     def layer(self, layer: int):
         return self.nn.llm.layers[layer]
 
-    def read(self, site: Site) -> Float[torch.Tensor, "batch pos d"]:
+    def read(self, site: Site) -> Float[torch.Tensor, "batch pos d_model"]:
         layer = self.layer(site.layer)
         if site.kind == "resid_pre":
             return layer.input
@@ -183,7 +183,7 @@ class RunContext:
             return layer.mlp.output
         return self.head_output(site.layer, site.head)
 
-    def write(self, site: Site, value: Float[torch.Tensor, "batch pos d"]) -> None:
+    def write(self, site: Site, value: Float[torch.Tensor, "batch pos d_model"]) -> None:
         layer = self.layer(site.layer)
         if site.kind == "resid_pre":
             layer.input = value
@@ -199,7 +199,7 @@ class RunContext:
             merged[..., site.head * hd:(site.head + 1) * hd] = value
             layer.self_attn.o_proj.input = merged
 
-    def head_output(self, layer: int, head: int) -> Float[torch.Tensor, "batch pos hd"]:
+    def head_output(self, layer: int, head: int) -> Float[torch.Tensor, "batch pos d_head"]:
         """Head ``head``'s output in ``layer``: a view into o_proj's input, editable in place."""
         hd = self.m.head_dim
         return self.layer(layer).self_attn.o_proj.input[..., head * hd:(head + 1) * hd]

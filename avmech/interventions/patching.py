@@ -42,7 +42,7 @@ class Capture(Intervention):
         ctx.check_site(self.site, "Capture")
         ctx.tokens.nonempty(self.positions, "Capture positions")
 
-    def apply(self, ctx: RunContext) -> Float[torch.Tensor, "pos d"]:
+    def apply(self, ctx: RunContext) -> Float[torch.Tensor, "pos d_model"]:
         idx = ctx.local(ctx.positions(self.positions), self.site.layer)
         return ctx.read(self.site)[0, idx].clone()
 

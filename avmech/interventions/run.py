@@ -64,7 +64,7 @@ class RunResult:
         return torch.softmax(self.logits.float(), dim=-1)
 
     @property
-    def letter_probs(self) -> Float[torch.Tensor, " option"]:
+    def letter_probs(self) -> Float[torch.Tensor, " n_option"]:
         """Probability of each option letter at the last position (softmax over the whole vocabulary)."""
         return self.probs[list(self.answer_ids)]
 
