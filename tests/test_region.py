@@ -8,9 +8,9 @@ import torch
 from avmech import Ablate, AttentionKnockout, EdgeKnockout, LogitLens, TokenDrop, data
 
 
-@pytest.fixture(scope="module", params=["sdpa", "eager"])
-def model(request, omni, omni_eager):
-    return omni if request.param == "sdpa" else omni_eager
+@pytest.fixture(scope="module", params=["omni", "omni_eager", "salmonn", "salmonn_eager"])
+def model(request):
+    return request.getfixturevalue(request.param)
 
 
 @pytest.fixture(scope="module")
