@@ -20,7 +20,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from avmech.flows.common import answer_fields, has_group, prepared_samples, sample_fields, windows
@@ -126,12 +125,3 @@ def knockout_sweep(
                 for info, r in zip(meta, m.run_many(p, conds)):
                     yield {**fields, **info, **answer_fields(r, base)}
 
-
-def blocked_edge_count(p: Prepared, edges: Iterable[Edge]) -> int:
-    """How many distinct (query, key) edges a set of edge families covers in one layer."""
-    mask = torch.zeros(len(p), len(p), dtype=torch.bool)
-    for e in edges:
-        if has_group(p, e.src) and has_group(p, e.dst):
-            src, dst = p.tokens.positions(e.src), p.tokens.positions(e.dst)
-            mask[dst[:, None], src[None, :]] = True
-    return int(mask.tril().sum())
