@@ -433,3 +433,24 @@ def test_a_client_without_the_decoder_runs_on_the_server(omni, ndif, samples, sa
     assert len(thin.llm_module.layers) == 1 and thin.n_layers == salmonn.n_layers
     with pytest.raises(avmech.ModelError, match="decoder='server'"):
         thin.run_many(thin.prepare(samples[0]), [[AttentionKnockout("audio", "last", [1])]])
+
+
+@pytest.mark.parametrize("family", ["omni", "salmonn"])
+def test_a_remote_sweep_is_one_request(family, request, samples, monkeypatch):
+    """run_many sends every condition in one nnsight session: the sample's embeddings travel
+    once; the numbers equal one full local run per condition (strict simulation)."""
+    from avmech.backends import SimulatedBackend, _Request
+
+    m = request.getfixturevalue(family)
+    p = m.prepare(samples[0])
+    conds = [[AttentionKnockout("audio", "question", [c])] for c in range(m.n_layers)]
+    conds.append([LogitLens(layers=[1]), Ablate("mlp_out.0", "question")])
+    there = m.run_many(p, conds, backend=SimulatedBackend())
+    for cond, r in zip(conds, there, strict=True):
+        _same(m.run(p, cond), r)
+    sent = []
+    serialize = _Request._serialize
+    monkeypatch.setattr(_Request, "_serialize", lambda self, tracer: sent.append(1) or serialize(self, tracer))
+    with pytest.raises(RemoteError):  # no server on this port: what matters is how many requests were made
+        m.run_many(p, conds, backend=NDIFBackend(host=f"http://127.0.0.1:{_free_port()}", api_key=KEY))
+    assert len(sent) == 1

@@ -34,7 +34,7 @@ from jaxtyping import Float
 from avmech.backends import Backend, resolve, use
 from avmech.interventions.base import Intervention, RunContext
 from avmech.interventions.knockout import AttentionKnockout, EdgeKnockout, causal_mask
-from avmech.interventions.run import RunResult, prepare_interventions, run
+from avmech.interventions.run import RunResult, prepare_interventions, run, run_session
 
 if TYPE_CHECKING:
     from avmech.models.base import AVModel, Prepared
@@ -155,10 +155,10 @@ def run_many(
     m: AVModel, p: Prepared, conditions: Sequence[Sequence[Intervention]], backend: str | Backend | None = None
 ) -> list[RunResult]:
     """Results of each condition, as `run` gives them: locally computing only affected
-    regions, remotely one full run per condition."""
+    regions, remotely one full trace per condition, all in one request."""
     where = resolve(backend)
     if where.remote:
-        return [run(m, p, list(cond), backend=where) for cond in conditions]
+        return run_session(m, p, conditions, where)
     with use(where):
         return _affected_regions(m, p, conditions)
 

@@ -112,6 +112,57 @@ def prepare_interventions(m: AVModel, p: Prepared, interventions: Sequence[Inter
     return bound, ctx
 
 
+@dataclass(frozen=True, eq=False)
+class _Plan:
+    """One condition, checked and ready to trace: bound primitives, their context, invoke order."""
+
+    bound: list[Intervention]
+    ctx: RunContext
+    order: list[int]
+
+
+def _plan(m: AVModel, p: Prepared, interventions: Sequence[Intervention], where: Backend) -> _Plan:
+    if m.decoder_on_server and not where.remote:
+        raise ModelError(
+            f"{m.name} was loaded with decoder='server' (its LLM layers are on the NDIF server): "
+            "run with backend='ndif', or load it with decoder='local'"
+        )
+    with use(where):
+        bound, ctx = prepare_interventions(m, p, interventions)
+    if where.remote:
+        check_portable(bound)
+        ctx = portable_context(ctx)
+    return _Plan(bound, ctx, sorted(range(len(bound)), key=lambda k: STAGES.index(bound[k].stage)))
+
+
+def _traced(model, inputs: dict[str, Any], plan: _Plan, backend=None) -> tuple[Any, dict[int, Any]]:
+    """One trace of the LLM: the input invoke reads the last position's logits, then one
+    invoke per primitive. Inside a session, ``backend`` is None (the session's applies)."""
+    with model.trace(backend=backend) as tracer:
+        readouts = nnsight.save({})
+        with tracer.invoke(**inputs):
+            model.ln_final.output = model.ln_final.output[:, -1:]
+            logits = model.lm_head.output[0, -1].save()
+        for k in plan.order:
+            with tracer.invoke():
+                value = plan.bound[k].apply(plan.ctx)
+                if value is not None:
+                    readouts[k] = value
+    return logits, readouts
+
+
+def _result(p: Prepared, plan: _Plan, logits, readouts: dict[int, Any], where: Backend) -> RunResult:
+    if logits is None:
+        raise RemoteError(f"the {type(where).__name__} run returned no logits: the server sent back no result")
+    return RunResult(
+        logits=logits.detach().float(),
+        answer_ids=p.answer_ids,
+        answer=p.sample.answer,
+        interventions=tuple(plan.bound),
+        readouts=tuple(readouts.get(k) for k in range(len(plan.bound))),
+    )
+
+
 def run(
     m: AVModel,
     p: Prepared,
@@ -124,40 +175,23 @@ def run(
     ``backend`` says where the trace runs (`avmech.backends.resolve`); a patch's source
     run goes where this run goes."""
     where = resolve(backend)
-    if m.decoder_on_server and not where.remote:
-        raise ModelError(
-            f"{m.name} was loaded with decoder='server' (its LLM layers are on the NDIF server): "
-            "run with backend='ndif', or load it with decoder='local'"
-        )
-    with use(where):
-        bound, ctx = prepare_interventions(m, p, interventions)
-    if where.remote:
-        if cache is not None:
-            raise InputError("a KV cache stays in this process: fill it with a local run (backend='local')")
-        check_portable(bound)
-        ctx = portable_context(ctx)
-    order = sorted(range(len(bound)), key=lambda k: STAGES.index(bound[k].stage))
-    inputs = _llm_inputs(m, p, cache)
-    model = m.nn
-    logits = None
-    with torch.no_grad(), model.trace(backend=where.tracer_backend(m)) as tracer:
-        readouts = nnsight.save({})
-        with tracer.invoke(**inputs):
-            model.ln_final.output = model.ln_final.output[:, -1:]
-            logits = model.lm_head.output[0, -1].save()
-        for k in order:
-            with tracer.invoke():
-                value = bound[k].apply(ctx)
-                if value is not None:
-                    readouts[k] = value
-    if logits is None:
-        raise RemoteError(f"the {type(where).__name__} run returned no logits: the server sent back no result")
-    return RunResult(
-        logits=logits.detach().float(),
-        answer_ids=p.answer_ids,
-        answer=p.sample.answer,
-        interventions=tuple(bound),
-        readouts=tuple(readouts.get(k) for k in range(len(bound))),
-    )
+    if where.remote and cache is not None:
+        raise InputError("a KV cache stays in this process: fill it with a local run (backend='local')")
+    plan = _plan(m, p, interventions, where)
+    with torch.no_grad():
+        logits, readouts = _traced(m.nn, _llm_inputs(m, p, cache), plan, where.tracer_backend(m))
+    return _result(p, plan, logits, readouts, where)
+
+
+def run_session(m: AVModel, p: Prepared, conditions: Sequence[Sequence[Intervention]], where: Backend) -> list[RunResult]:
+    """Every condition as one trace of a single remote request (an nnsight session): the
+    sample's inputs travel once, not once per condition."""
+    plans = [_plan(m, p, list(c), where) for c in conditions]
+    inputs = _llm_inputs(m, p)
+    with torch.no_grad(), m.nn.session(backend=where.tracer_backend(m)):
+        outputs = nnsight.save([])
+        for plan in plans:
+            outputs.append(_traced(m.nn, inputs, plan))
+    return [_result(p, plan, logits, readouts, where) for plan, (logits, readouts) in zip(plans, outputs)]
 
 
