@@ -61,7 +61,7 @@ def run(
     shard: str = typer.Option(None, help="run shard i/n of the samples (e.g. 0/4)"),
     results: Path = typer.Option(Path("results"), help="where results/<experiment>/<model>/ go"),
     backend: str = typer.Option(
-        None, help="where traces run: local or ndif (host and key: the experiment's [ndif] table, NDIF_HOST / "
+        None, help="where traces run: local or ndif (host and key: the experiment's \\[ndif] table, NDIF_HOST / "
         "NDIF_API_KEY, or nnsight's config); overrides the experiment's backend",
     ),
 ) -> None:
