@@ -23,7 +23,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from avmech.flows.common import answer_fields, has_group, prepared_samples, sample_fields, windows
-from avmech.interventions.knockout import AttentionKnockout, EdgeKnockout
+from avmech.interventions.knockout import AttentionKnockout, EdgeKnockout, group_edges
 from avmech.sample import AVSample
 
 if TYPE_CHECKING:
@@ -104,7 +104,7 @@ def knockout_sweep(
         for edge in params.edges:
             if not (has_group(p, edge.src) and has_group(p, edge.dst)):
                 continue
-            n_edges = int((p.tokens.positions(edge.src)[None, :] <= p.tokens.positions(edge.dst)[:, None]).sum())
+            n_edges = len(group_edges(p.tokens.positions(edge.src), p.tokens.positions(edge.dst))[0])
             for k in params.k:
                 wins = windows(m.n_layers, k)
                 conds, meta = [], []

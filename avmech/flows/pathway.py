@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from avmech.errors import InputError
 from avmech.flows.common import answer_fields, has_group, prepared_samples, sample_fields
 from avmech.flows.knockout import Edge
-from avmech.interventions.knockout import AttentionKnockout
+from avmech.interventions.knockout import AttentionKnockout, group_edges
 from avmech.sample import AVSample
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ def effective_pathway(
         for (src, dst, start, stop), keep in needed.items():
             if not (has_group(p, src) and has_group(p, dst)):
                 continue
-            n = int((p.tokens.positions(src)[None, :] <= p.tokens.positions(dst)[:, None]).sum()) * (stop - start)
+            n = len(group_edges(p.tokens.positions(src), p.tokens.positions(dst))[0]) * (stop - start)
             total += n
             if keep:
                 kept += n

@@ -35,15 +35,56 @@ def causal_mask(n_q: int, n_k: int, dtype: torch.dtype, device: torch.device) ->
     return mask.masked_fill(k > q, torch.finfo(dtype).min)[None, None]
 
 
-class AttentionKnockout(Intervention):
+def group_edges(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The causal (query, key) edges from ``src`` keys into ``dst`` queries (key <= query), flat."""
+    q, k = torch.broadcast_tensors(dst[:, None], src[None, :])
+    keep = k <= q
+    return q[keep], k[keep]
+
+
+class Knockout(Intervention):
+    """What every knockout shares: a set of (query, key) edges blocked in ``layers``.
+
+    A subclass says which edges (`pairs`); `apply` blocks them in each layer of the
+    window, on the positions still present there, and the sweep engine
+    (`avmech.interventions.region`) reads the same `pairs` to recompute only what they
+    can change."""
+
+    stage: ClassVar = "edit"
+
+    def pairs(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
+        """The blocked edges as flat (query, key) position tensors, key <= query."""
+        raise NotImplementedError
+
+    def apply(self, ctx: RunContext) -> None:
+        q, k = self.pairs(ctx)
+        for layer in ctx.check_layers(self.layers, type(self).__name__):
+            alive = ctx.alive(layer)
+            live = torch.isin(q, alive) & torch.isin(k, alive)
+            if live.any():
+                block(ctx, layer, (ctx.local(q[live], layer), ctx.local(k[live], layer)), getattr(self, "heads", None))
+
+    def _check_rows(self, ctx: RunContext) -> None:
+        """A query whose every visible key (0..q) is blocked has no defined attention."""
+        q, k = self.pairs(ctx)
+        if not len(q):
+            return
+        per_row = torch.bincount(torch.unique(torch.stack([q, k]), dim=1)[0], minlength=ctx.n)
+        starved = torch.nonzero(per_row == torch.arange(len(per_row)) + 1).flatten()  # keys 0..q all blocked
+        if len(starved):
+            raise InputError(
+                f"{self!r} leaves positions {starved[:5].tolist()} with no key to attend to: "
+                "exclude them from the targets or keep some earlier keys"
+            )
+
+
+class AttentionKnockout(Knockout):
     """Block attention from ``dst`` queries to ``src`` keys in ``layers`` (all heads, or ``heads``)."""
 
     src: GroupSpec
     dst: GroupSpec
     layers: int | range | tuple[int, ...] | list[int]
     heads: tuple[int, ...] | None = None
-
-    stage: ClassVar = "edit"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", layer_list(self.layers))
@@ -52,73 +93,43 @@ class AttentionKnockout(Intervention):
             if not self.heads:
                 raise InputError("AttentionKnockout heads=() blocks nothing: pass None for all heads")
 
+    def pairs(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
+        return group_edges(ctx.positions(self.src), ctx.positions(self.dst))
+
     def check(self, ctx: RunContext) -> None:
         ctx.require_masks("AttentionKnockout")
         ctx.check_layers(self.layers, "AttentionKnockout")
         if self.heads is not None and not all(0 <= h < ctx.m.n_heads for h in self.heads):
             raise InputError(f"AttentionKnockout heads {self.heads} outside 0..{ctx.m.n_heads - 1}")
-        src, dst = ctx.positions(self.src), ctx.positions(self.dst)
         ctx.tokens.nonempty(self.dst, "AttentionKnockout dst")
-        # keys visible to query d: 0..d; blocked: src <= d. None left -> undefined softmax.
-        blocked = torch.searchsorted(src, dst, right=True)
-        starved = dst[blocked == dst + 1]
-        if len(starved):
-            raise InputError(
-                f"AttentionKnockout {self.src!r} -> {self.dst!r} leaves positions {starved[:5].tolist()} "
-                "with no key to attend to: exclude them from dst or keep some earlier keys"
-            )
-
-    def edges(self, ctx: RunContext) -> int:
-        """How many (query, key) edges this knockout blocks per layer and head."""
-        src, dst = ctx.positions(self.src), ctx.positions(self.dst)
-        return int((src[None, :] <= dst[:, None]).sum())
-
-    def apply(self, ctx: RunContext) -> None:
-        src, dst = ctx.positions(self.src), ctx.positions(self.dst)
-        for layer in ctx.check_layers(self.layers, "AttentionKnockout"):
-            alive = ctx.alive(layer)
-            keep_src, keep_dst = src[torch.isin(src, alive)], dst[torch.isin(dst, alive)]
-            if len(keep_src) and len(keep_dst):
-                q, k = ctx.local(keep_dst, layer), ctx.local(keep_src, layer)
-                block(ctx, layer, (q[:, None], k[None, :]), self.heads)
+        self._check_rows(ctx)
 
 
-class EdgeKnockout(Intervention):
+class EdgeKnockout(Knockout):
     """Block an explicit set of (query, key) position pairs in ``layers``: the random-edge
     control of a group knockout, or any hand-picked edge set."""
 
-    pairs: tuple[tuple[int, int], ...]
+    edges: tuple[tuple[int, int], ...]
     layers: int | range | tuple[int, ...] | list[int]
-
-    stage: ClassVar = "edit"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", layer_list(self.layers))
-        object.__setattr__(self, "pairs", tuple((int(q), int(k)) for q, k in self.pairs))
-        if any(k > q for q, k in self.pairs):
-            raise InputError("EdgeKnockout pairs are (query, key) with key <= query (attention is causal)")
+        object.__setattr__(self, "edges", tuple((int(q), int(k)) for q, k in self.edges))
+        if any(k > q for q, k in self.edges):
+            raise InputError("EdgeKnockout edges are (query, key) with key <= query (attention is causal)")
+
+    def pairs(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.edges:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        q, k = torch.tensor(self.edges).T
+        return q, k
 
     def check(self, ctx: RunContext) -> None:
         ctx.require_masks("EdgeKnockout")
         ctx.check_layers(self.layers, "EdgeKnockout")
-        if self.pairs and max(q for q, _ in self.pairs) >= ctx.n:
-            raise InputError(f"EdgeKnockout pairs reach beyond the sample's {ctx.n} positions")
-        rows: dict[int, set[int]] = {}
-        for q, k in self.pairs:
-            rows.setdefault(q, set()).add(k)
-        starved = sorted(q for q, keys in rows.items() if len(keys) == q + 1)  # keys 0..q all blocked
-        if starved:
-            raise InputError(f"EdgeKnockout leaves positions {starved[:5]} with no key to attend to")
-
-    def apply(self, ctx: RunContext) -> None:
-        if not self.pairs:
-            return
-        q, k = torch.tensor(self.pairs).T
-        for layer in ctx.check_layers(self.layers, "EdgeKnockout"):
-            alive = ctx.alive(layer)
-            live = torch.isin(q, alive) & torch.isin(k, alive)
-            if live.any():
-                block(ctx, layer, (ctx.local(q[live], layer), ctx.local(k[live], layer)), None)
+        if self.edges and max(q for q, _ in self.edges) >= ctx.n:
+            raise InputError(f"EdgeKnockout edges reach beyond the sample's {ctx.n} positions")
+        self._check_rows(ctx)
 
 
 def block(ctx: RunContext, layer: int, index: tuple[torch.Tensor, torch.Tensor], heads: tuple[int, ...] | None) -> None:

@@ -24,7 +24,6 @@ numbers, computed where the model is.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
@@ -33,13 +32,12 @@ from jaxtyping import Float
 
 from avmech.backends import Backend, resolve, use
 from avmech.interventions.base import Intervention, RunContext
-from avmech.interventions.knockout import AttentionKnockout, EdgeKnockout, causal_mask
+from avmech.interventions.knockout import Knockout, causal_mask
 from avmech.interventions.run import RunResult, prepare_interventions, run, run_session
 
 if TYPE_CHECKING:
     from avmech.models.base import AVModel, Prepared
 
-KNOCKOUTS = (AttentionKnockout, EdgeKnockout)
 MASK_BUDGET = 2**26  # mask entries per batch (256 MB in float32)
 
 
@@ -95,34 +93,12 @@ class _LayerInputs(Intervention):
 
 def region_of(bound: Sequence[Intervention], ctx: RunContext) -> tuple[int, int] | None:
     """(first layer, first target position) of a knockout-only condition, else None."""
-    if not bound or not all(isinstance(i, KNOCKOUTS) and getattr(i, "heads", None) is None for i in bound):
+    if not bound or not all(isinstance(i, Knockout) and getattr(i, "heads", None) is None for i in bound):
         return None  # other primitives, and head-specific knockouts, take a full run
-    layers, rows = [], []
-    for i in bound:
-        layers.append(min(ctx.check_layers(i.layers, type(i).__name__)))
-        if isinstance(i, AttentionKnockout):
-            rows.append(int(ctx.positions(i.dst).min()))
-        elif i.pairs:
-            rows.append(min(q for q, _ in i.pairs))
+    rows = [int(q.min()) for q, _ in (i.pairs(ctx) for i in bound) if len(q)]
     if not rows:
         return None
-    return min(layers), min(rows)
-
-
-def _blocked(i: Intervention, ctx: RunContext, layer: int) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Absolute (query, key) index tensors a knockout blocks in ``layer`` (broadcastable), or None."""
-    if layer not in ctx.check_layers(i.layers, type(i).__name__):
-        return None
-    if isinstance(i, AttentionKnockout):
-        return ctx.positions(i.dst)[:, None], ctx.positions(i.src)[None, :]
-    if not i.pairs:
-        return None
-    q, k = torch.tensor(i.pairs).T
-    return q, k
-
-
-def _cache_name(layer_module) -> str:
-    return "cache" if "cache" in inspect.signature(layer_module.forward).parameters else "past_key_values"
+    return min(min(ctx.check_layers(i.layers, type(i).__name__)) for i in bound), min(rows)
 
 
 def region_logits(
@@ -137,15 +113,16 @@ def region_logits(
     cache = _PrefixCache(state, p0, b)
     low = torch.finfo(h.dtype).min
     base = causal_mask(rows, n, h.dtype, h.device)
-    cache_kwarg = {_cache_name(llm.layers[0]): cache}
+    cache_kwarg = {m.cache_kwarg: cache}
+    # each condition's blocked edges, once: (its layers, query rows in the region, keys)
+    blocks = [[(set(ctx.check_layers(i.layers, type(i).__name__)), *i.pairs(ctx)) for i in cond] for cond in conditions]
     with torch.no_grad():
         for layer in range(l0, m.n_layers):
             mask = base.expand(b, 1, rows, n).clone()
-            for j, cond in enumerate(conditions):
-                for i in cond:
-                    index = _blocked(i, ctx, layer)
-                    if index is not None:
-                        mask[j, 0, index[0] - p0, index[1]] = low
+            for j, cond in enumerate(blocks):
+                for layers, q, k in cond:
+                    if layer in layers:
+                        mask[j, 0, q - p0, k] = low
             h = llm.layers[layer](h, attention_mask=mask, position_embeddings=(cos, sin), use_cache=False,
                                   **cache_kwarg)
         return m.lm_head_module(llm.norm(h[:, -1]))
