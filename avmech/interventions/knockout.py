@@ -69,7 +69,8 @@ class Knockout(Intervention):
         q, k = self.pairs(ctx)
         if not len(q):
             return
-        per_row = torch.bincount(torch.unique(torch.stack([q, k]), dim=1)[0], minlength=ctx.n)
+        edges = torch.unique(q * ctx.n + k)  # distinct (query, key) pairs, as one number each
+        per_row = torch.bincount(edges // ctx.n, minlength=ctx.n)
         starved = torch.nonzero(per_row == torch.arange(len(per_row)) + 1).flatten()  # keys 0..q all blocked
         if len(starved):
             raise InputError(
