@@ -8,7 +8,7 @@ and the letter the layer would pick.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class LensParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     norm: bool = True
-    unembed: str = "output"
+    unembed: Literal["output", "input"] = "output"
     only_correct: bool = False
 
 
