@@ -170,6 +170,13 @@ def _nearest(items, targets: np.ndarray) -> list:
     return out + [prev[1]] * (len(targets) - len(out)) if prev is not None else out
 
 
+def load_wave(source: str | Path | np.ndarray, sample_rate: int | None = None) -> np.ndarray:
+    """Mono float32 at `SAMPLE_RATE` from a file, or from a waveform recorded at ``sample_rate``."""
+    if isinstance(source, np.ndarray):
+        return resample(source, sample_rate, SAMPLE_RATE)
+    return read_audio(source)
+
+
 def read_video(path: str | Path, fps: float | None = None, n_frames: int | None = None) -> VideoClip:
     """Decode the first video stream of ``path`` into RGB frames.
 

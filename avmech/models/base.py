@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import nn
 
+from avmech import media
 from avmech.errors import InputError, ModelError
 from avmech.sample import AVSample
 from avmech.tokens import TokenMap
@@ -211,6 +213,36 @@ class AVModel:
     # ---- inputs --------------------------------------------------------------------
     def prepare(self, sample: AVSample) -> Prepared:
         raise NotImplementedError
+
+    @staticmethod
+    def check_video(s: AVSample, wants_sound: bool) -> None:
+        """The clip file exists, and has a sound track when its sound is asked for."""
+        if isinstance(s.video, np.ndarray):
+            return
+        if not Path(s.video).exists():
+            raise InputError(f"video file '{s.video}' does not exist: check the path")
+        if wants_sound and s.audio is None and not media.probe(s.video).has_audio:
+            raise InputError(
+                f"video '{s.video}' has no audio track, but its sound was asked for: pass audio=..., "
+                "or use_video_audio=False for the video-only variant"
+            )
+
+    @staticmethod
+    def native_frames(s: AVSample) -> tuple[int, float]:
+        """The clip's frame count and frame rate (an array's ``fps``, else the file's)."""
+        if isinstance(s.video, np.ndarray):
+            return len(s.video), float(s.fps)
+        info = media.probe(s.video)
+        if not info.has_video:
+            raise InputError(f"{s.video} has no video stream: pass it as audio= instead")
+        native_fps = float(s.fps or info.fps or 0)
+        return info.n_frames or int(round(info.duration_s * native_fps)), native_fps
+
+    def check_length(self, n: int) -> None:
+        """A prompt longer than the LLM's positions is an error, not a silent truncation."""
+        limit = self.llm_module.config.max_position_embeddings
+        if n > limit:
+            raise InputError(f"the prompt has {n} tokens, beyond this model's {limit}: use a shorter clip or fewer frames")
 
     def encode_media(self, p: Prepared) -> Float[torch.Tensor, "batch pos d_model"]:
         raise NotImplementedError

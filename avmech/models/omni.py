@@ -96,15 +96,8 @@ class OmniModel(AVModel):
     def _video_frames(self, s: AVSample) -> tuple[np.ndarray, float, float]:
         """Frames sampled by the released rules: (frames [T,H,W,3], sample fps, duration s)."""
         pol = self.policy
-        if isinstance(s.video, np.ndarray):
-            native, native_fps = s.video, float(s.fps)
-            total = len(native)
-        else:
-            info = media.probe(s.video)
-            if not info.has_video:
-                raise InputError(f"{s.video} has no video stream: pass it as audio= instead")
-            native, native_fps = None, float(s.fps or info.fps or 0)
-            total = info.n_frames or int(round(info.duration_s * native_fps))
+        total, native_fps = self.native_frames(s)
+        native = s.video if isinstance(s.video, np.ndarray) else None
         if total < 2 or native_fps <= 0:
             raise InputError(f"video {s.video if native is None else 'array'} has {total} frame(s): need at least 2")
         factor = 2
@@ -128,10 +121,7 @@ class OmniModel(AVModel):
         return {"shortest_edge": pol["video_min_pixels"], "longest_edge": int(max_pixels)}
 
     def _audio(self, source, sample_rate: int | None, what: str) -> np.ndarray:
-        if isinstance(source, np.ndarray):
-            wave = media.resample(source, sample_rate, media.SAMPLE_RATE)
-        else:
-            wave = media.read_audio(source)
+        wave = media.load_wave(source, sample_rate)
         fe = self.processor.feature_extractor
         limit = fe.n_samples / fe.sampling_rate
         if len(wave) / media.SAMPLE_RATE > limit + 1e-6:
@@ -208,8 +198,7 @@ class OmniModel(AVModel):
         call: dict[str, Any] = {}
         audios: list[np.ndarray] = []
         if has_video:
-            if not isinstance(s.video, np.ndarray) and not Path(s.video).exists():
-                raise InputError(f"video file '{s.video}' does not exist: check the path")
+            self.check_video(s, wants_sound=video_audio)
             frames, fps, _ = self._video_frames(s)
             call["videos"] = [frames]
             call["videos_kwargs"] = {
@@ -217,11 +206,6 @@ class OmniModel(AVModel):
                 "cap_pixels_per_frame": False,
             }
             if video_audio:
-                if s.audio is None and not media.probe(s.video).has_audio:
-                    raise InputError(
-                        f"video '{s.video}' has no audio track, but its sound was asked for: pass audio=..., "
-                        "or use_video_audio=False for the video-only variant"
-                    )
                 source = s.audio if s.audio is not None else s.video
                 audios.append(self._audio(source, s.sample_rate, "the clip's audio"))
                 call.update(load_audio_from_video=True, audio_from_video_indices=[0])
@@ -257,17 +241,12 @@ class OmniModel(AVModel):
                 "internal: the prompt avmech assembled does not match the processor's tokens; "
                 "please report this with the sample"
             )
-        self._check_limits(ids.shape[-1])
+        self.check_length(ids.shape[-1])
         inputs = self._inputs(out, video_audio)
         return Prepared(
             sample=s, inputs=inputs, tokens=tokens,
             answer_ids=self.letter_ids(len(s.options)) if s.options else (), text=text,
         )
-
-    def _check_limits(self, n: int) -> None:
-        limit = self.config.get_text_config().max_position_embeddings
-        if n > limit:
-            raise InputError(f"the prompt has {n} tokens, beyond this model's {limit}: use a shorter clip or fewer frames")
 
     def _inputs(self, out, video_audio: bool) -> dict[str, Any]:
         inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}

@@ -124,14 +124,7 @@ class SalmonnModel(AVModel):
     # ---- media -------------------------------------------------------------------
     def _video_frames(self, s: AVSample) -> tuple[np.ndarray, float]:
         """Frames sampled by the released rules, and their rate."""
-        if isinstance(s.video, np.ndarray):
-            total, native_fps = len(s.video), float(s.fps)
-        else:
-            info = media.probe(s.video)
-            if not info.has_video:
-                raise InputError(f"{s.video} has no video stream: pass it as audio= instead")
-            native_fps = float(s.fps or info.fps or 0)
-            total = info.n_frames or int(round(info.duration_s * native_fps))
+        total, native_fps = self.native_frames(s)
         if total < 1 or native_fps <= 0:
             what = "array" if isinstance(s.video, np.ndarray) else f"'{s.video}'"
             raise InputError(f"video {what} has no frames or no frame rate: pass fps= or re-encode the clip")
@@ -142,8 +135,7 @@ class SalmonnModel(AVModel):
         return frames[np.minimum(idx, len(frames) - 1)], fps
 
     def _audio(self, source, sample_rate: int | None, what: str) -> AudioClip:
-        wave = media.resample(source, sample_rate, media.SAMPLE_RATE) if isinstance(source, np.ndarray) \
-            else media.read_audio(source)
+        wave = media.load_wave(source, sample_rate)
         if not len(wave):
             raise InputError(f"{what} is empty: the audio branch needs sound")
         sr, duration = media.SAMPLE_RATE, len(wave) / media.SAMPLE_RATE
@@ -164,8 +156,8 @@ class SalmonnModel(AVModel):
         clips: list[AudioClip] = []
         spg = None
         if s.video is not None:
-            if not isinstance(s.video, np.ndarray) and not Path(s.video).exists():
-                raise InputError(f"video file '{s.video}' does not exist: check the path")
+            wants_sound = s.audio is None and s.use_video_audio and not isinstance(s.video, np.ndarray)
+            self.check_video(s, wants_sound)
             frames, fps = self._video_frames(s)
             vp = self.processor.video_processor
             size = {"shortest_edge": self.policy.video_min_frame_pixels,
@@ -173,12 +165,7 @@ class SalmonnModel(AVModel):
             out.update(vp(videos=[frames], size=size, do_sample_frames=False, cap_pixels_per_frame=False,
                           return_tensors="pt"))
             spg = vp.temporal_patch_size / fps
-            if s.audio is None and s.use_video_audio and not isinstance(s.video, np.ndarray):
-                if not media.probe(s.video).has_audio:
-                    raise InputError(
-                        f"video '{s.video}' has no audio track, but its sound was asked for: pass audio=..., "
-                        "or use_video_audio=False for the video-only variant"
-                    )
+            if wants_sound:
                 clips.append(self._audio(s.video, None, "the clip's audio"))
         if s.audio is not None:
             clips.append(self._audio(s.audio, s.sample_rate, "the audio"))
@@ -286,9 +273,7 @@ class SalmonnModel(AVModel):
         whole = self.tokenizer("".join(lay.spelled), add_special_tokens=False, return_tensors="pt")["input_ids"]
         if not torch.equal(whole, ids):
             raise ModelError("internal: the prompt's pieces tokenize differently as a whole; please report this sample")
-        limit = self.hf.config.vl_config.text_config.max_position_embeddings
-        if ids.shape[1] > limit:
-            raise InputError(f"the prompt has {ids.shape[1]} tokens, beyond this model's {limit}: use a shorter clip")
+        self.check_length(ids.shape[1])
         inputs = {k: v for k, v in out.items() if k in MEDIA_KEYS}
         inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids),
                       position_ids=position_ids(ids.shape[1], lay.blocks, mode))

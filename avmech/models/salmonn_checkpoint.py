@@ -216,7 +216,7 @@ def read_released(
         text.num_hidden_layers = keep_layers
         if getattr(text, "layer_types", None):
             text.layer_types = text.layer_types[:keep_layers]
-    skipped = re.compile(rf"^vl\.model\.language_model\.layers\.(\d+)\.")
+    skipped = re.compile(r"^vl\.model\.language_model\.layers\.(\d+)\.")
     if dtype in (None, "auto"):
         dtype = config.vl_config.dtype or torch.float32
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
