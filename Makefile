@@ -9,11 +9,14 @@ export HF_HUB_OFFLINE ?= 1
 
 .PHONY: install test test-slow figures bench clean
 
-$(BIN)/avmech: pyproject.toml
+# qwen-agent ships the real Qwen2.5 vocabulary (qwen.tiktoken) that the embedded models use;
+# it is read, never imported, so none of its dependencies are installed.
+$(BIN)/avmech: pyproject.toml Makefile
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps qwen-agent==0.0.34
 	touch $(BIN)/avmech
 
 install: $(BIN)/avmech

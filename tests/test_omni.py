@@ -98,13 +98,16 @@ def test_interleaved_items_carry_roles_and_order(omni, media_dir):
     assert len(t.group("options - correct")) == len(t.group("options")) - len(t.group("correct"))
 
 
-def test_prompt_text_matches_the_chat_template(omni, media_dir):
-    for sample in (_av_sample(media_dir), _odyssey_sample(media_dir)):
+def test_prompt_text_matches_the_released_chat_template(omni, media_dir):
+    """The embedded model carries Qwen2.5-Omni's released template: with no system message
+    it inserts "You are a helpful assistant.", which is also avmech's default."""
+    for sample in (_av_sample(media_dir), _odyssey_sample(media_dir), _av_sample(media_dir, system="Be brief.")):
         p = omni.prepare(sample)
-        pieces = omni._user_pieces(sample, sample.video is not None, sample.video is not None, False)
-        conv = omni.conversation(sample, pieces)
+        conv = omni.conversation(sample)
+        assert [turn["role"] for turn in conv] == (["system"] if sample.system else []) + ["user"]
         rendered = omni.processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=False)
         assert rendered == p.text
+        assert p.text.startswith(f"<|im_start|>system\n{sample.system or 'You are a helpful assistant.'}<|im_end|>")
 
 
 def test_inputs_reproduce_the_processors_own_run(omni, media_dir):

@@ -68,7 +68,7 @@ def _server_process(omni, tmp_path_factory):
     with open(log, "w") as err:
         proc = subprocess.Popen(
             [sys.executable, str(ROOT / "tests" / "ndif_server.py"), "--serve", f"{model_key(omni)}={path}",
-             "--api-key", KEY, "--inline-limit", "65536"],
+             "--api-key", KEY, "--inline-limit", str(4 << 20)],
             stdout=subprocess.PIPE, stderr=err, text=True,
         )
     proc.log = log
@@ -321,7 +321,7 @@ def test_runs_on_the_server_equal_local_runs(family, request, ndif, samples, mon
     m = request.getfixturevalue(family)
     p, q = m.prepare(samples[0]), m.prepare(samples[1])
     prims = [i for group in primitives(m, p, q).values() for i in group if not isinstance(i, TokenDrop)]
-    _same(m.run(p, prims), m.run(p, prims, backend=ndif))  # > 64 kB (Capture of "all"): staged
+    _same(m.run(p, prims), m.run(p, prims, backend=ndif))  # > 4 MB (lens over the whole vocabulary): staged
     drop = primitives(m, p, q)["TokenDrop"]
     _same(m.run(p, drop), m.run(p, drop, backend=ndif))
     sweep = [[AttentionKnockout("audio", "question", range(c, c + 2))] for c in range(m.n_layers - 1)]

@@ -187,11 +187,11 @@ def run_session(m: AVModel, p: Prepared, conditions: Sequence[Sequence[Intervent
     """Every condition as one trace of a single remote request (an nnsight session): the
     sample's inputs travel once, not once per condition."""
     plans = [_plan(m, p, list(c), where) for c in conditions]
-    inputs = _llm_inputs(m, p)
-    with torch.no_grad(), m.nn.session(backend=where.tracer_backend(m)):
+    inputs, model = _llm_inputs(m, p), m.nn  # the session body may name only what travels: not `m`
+    with torch.no_grad(), model.session(backend=where.tracer_backend(m)):
         outputs = nnsight.save([])
         for plan in plans:
-            outputs.append(_traced(m.nn, inputs, plan))
+            outputs.append(_traced(model, inputs, plan))
     return [_result(p, plan, logits, readouts, where) for plan, (logits, readouts) in zip(plans, outputs)]
 
 

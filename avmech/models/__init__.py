@@ -27,7 +27,7 @@ EMBEDDED = {**{name: "qwen2.5-omni" for name in OMNI_SIZES}, **{name: "video-sal
 
 
 # Bumped whenever the embedded builders change, so a cache never serves a stale model.
-EMBEDDED_VERSION = 2
+EMBEDDED_VERSION = 3
 
 
 def embedded_path(name: str, seed: int) -> Path:

@@ -24,7 +24,6 @@ token. Position ids come from the model's own ``get_rope_index``, computed once.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,23 +34,13 @@ from jaxtyping import Float
 from avmech import media
 from avmech.errors import InputError, ModelError
 from avmech.models.base import AVModel, Prepared
+from avmech.prompt import Built, Part, PromptBuilder, Slot, chat_parts, conversation, render, user_parts
 from avmech.sample import AVSample, Item
-from avmech.tokens import TokenMapBuilder
 
-DEFAULT_SYSTEM = (
-    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
-    "perceiving auditory and visual inputs, as well as generating text and speech."
-)
-
-
-@dataclass(frozen=True)
-class Piece:
-    """A run of prompt text (``text``) or of one medium's placeholder tokens (``media``)."""
-
-    text: str
-    role: str
-    attrs: dict[str, Any]
-    media: tuple[dict[str, Any], ...] | None = None
+# What the released chat template writes when a conversation has no system message. The
+# official README's "You are Qwen, a virtual human ..." is what speech output needs; the
+# thinker alone answers in text (pass AVSample(system=...) for another prompt).
+DEFAULT_SYSTEM = "You are a helpful assistant."
 
 
 def _smart_resize(h: int, w: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
@@ -76,7 +65,6 @@ class OmniModel(AVModel):
     family = "qwen2.5-omni"
     audio_paths = ("model.audio_tower", "audio_tower")
     vision_paths = ("model.visual", "visual")
-    default_system = DEFAULT_SYSTEM
     policy_defaults = dict(
         fps=2.0, min_frames=4, max_frames=768,
         video_min_pixels=128 * 28 * 28, video_max_pixels=768 * 28 * 28,
@@ -134,60 +122,27 @@ class OmniModel(AVModel):
         return wave.astype(np.float32)
 
     # ---- prompt --------------------------------------------------------------------
-    def _user_pieces(self, s: AVSample, has_video: bool, video_audio: bool, has_audio: bool) -> list[Piece]:
-        fmt = s.format
-        pieces: list[Piece] = []
-        if has_video:
-            pieces.append(Piece("<video>", "video", {}, media=({"kind": "video", "with_audio": video_audio},)))
-        elif has_audio:
-            pieces.append(Piece("<audio>", "audio", {}, media=({"kind": "audio", "item": -1},)))
-        if fmt.preamble:
-            pieces.append(Piece(fmt.preamble, "instruction", {}))
-        if fmt.question_prefix:
-            pieces.append(Piece(fmt.question_prefix, "instruction", {}))
-        items = list(s.items)
-        for part in s.question_parts():
-            if isinstance(part, Item):
-                pieces.append(Piece(f"<{part.kind}>", part.kind, {}, media=({"kind": part.kind, "item": items.index(part)},)))
-            else:
-                pieces.append(Piece(part, "question", {}))
-        for i, (letter, text) in enumerate(zip(s.letters, s.options)):
-            line = fmt.option_template.format(letter=letter, text=text)
-            at = line.index(letter)
-            pieces.append(Piece(fmt.sep if i == 0 else fmt.option_sep, "instruction", {}))
-            if at:
-                pieces.append(Piece(line[:at], "option_text", {"option": i}))
-            pieces.append(Piece(letter, "option_letter", {"option": i}))
-            pieces.append(Piece(line[at + 1:], "option_text", {"option": i}))
-        if fmt.suffix:
-            pieces.append(Piece(fmt.suffix, "instruction", {}))
-        return [p for p in pieces if p.text]
+    def parts(self, s: AVSample, video_audio: bool) -> list[Part]:
+        """The prompt's parts: ChatML turns around the user turn, the clip first."""
+        lead = Slot("video", with_audio=video_audio) if s.video is not None else Slot("audio") if s.audio is not None else None
+        return chat_parts(self.system(s), user_parts(s, lead))
 
-    def conversation(self, s: AVSample, pieces: list[Piece]) -> list[dict[str, Any]]:
-        """The chat-template conversation for these pieces (media as content parts)."""
-        content: list[dict[str, Any]] = []
-        for p in pieces:
-            if p.media:
-                content.append({"type": p.media[0]["kind"]})
-            elif content and content[-1]["type"] == "text":
-                content[-1]["text"] += p.text
-            else:
-                content.append({"type": "text", "text": p.text})
-        system = s.system if s.system is not None else self.default_system
-        return [
-            {"role": "system", "content": [{"type": "text", "text": system}]},
-            {"role": "user", "content": content},
-        ]
+    def system(self, s: AVSample) -> str:
+        return s.system if s.system is not None else DEFAULT_SYSTEM
 
-    def _template_text(self, piece: Piece) -> str:
-        kind = piece.media[0]["kind"] if piece.media else None
+    def conversation(self, s: AVSample) -> list[dict[str, Any]]:
+        """The chat-template conversation of ``s``; with no system prompt of its own, none is
+        given and the released template inserts its default."""
+        conv = conversation(self.parts(s, s.video is not None))
+        return conv if s.system is not None else conv[1:]
+
+    def _placeholder(self, slot: Slot) -> str:
         tok = self.tokenizer
         return {
-            None: piece.text,
             "video": f"{tok.vision_bos_token}{tok.video_token}{tok.vision_eos_token}",
             "image": f"{tok.vision_bos_token}{tok.image_token}{tok.vision_eos_token}",
             "audio": f"{tok.audio_bos_token}{tok.audio_token}{tok.audio_eos_token}",
-        }[kind]
+        }[slot.kind]
 
     # ---- prepare ---------------------------------------------------------------------
     def prepare(self, s: AVSample) -> Prepared:
@@ -222,31 +177,21 @@ class OmniModel(AVModel):
         if audios:
             call["audio"] = audios
 
-        user = self._user_pieces(s, has_video, video_audio, s.audio is not None and not has_video)
-        system = s.system if s.system is not None else self.default_system
-        pieces = [
-            Piece(f"<|im_start|>system\n{system}<|im_end|>\n", "system", {}),
-            Piece("<|im_start|>user\n", "user_header", {}),
-            *user,
-            Piece("<|im_end|>\n", "turn_end", {}),
-            Piece("<|im_start|>assistant\n", "assistant_header", {}),
-        ]
-        text = "".join(self._template_text(p) for p in pieces)
+        parts = self.parts(s, video_audio)
+        text = render(parts, self._placeholder)
         out = self.processor(text=text, return_tensors="pt", **call)
-        tokens, expanded = self._token_map(s, pieces, out, video_audio)
+        built = self._build(s, parts, out)
         ids = out["input_ids"]
-        mine = self.tokenizer(expanded, add_special_tokens=False, return_tensors="pt")["input_ids"]
-        if not torch.equal(mine, ids):
+        if not torch.equal(built.ids, ids):
+            at = int(torch.nonzero(built.ids[0, :ids.shape[1]] != ids[0, :built.ids.shape[1]]).flatten()[:1].sum())
             raise ModelError(
-                "internal: the prompt avmech assembled does not match the processor's tokens; "
-                "please report this with the sample"
+                f"internal: the prompt avmech assembled differs from the processor's ids at position {at} "
+                f"({self.tokenizer.convert_ids_to_tokens(built.ids[0, at:at + 3])} vs "
+                f"{self.tokenizer.convert_ids_to_tokens(ids[0, at:at + 3])}); please report this with the sample"
             )
         self.check_length(ids.shape[-1])
         inputs = self._inputs(out, video_audio)
-        return Prepared(
-            sample=s, inputs=inputs, tokens=tokens,
-            answer_ids=self.letter_ids(len(s.options)) if s.options else (), text=text,
-        )
+        return Prepared(sample=s, inputs=inputs, tokens=built.tokens, answer_ids=built.answer_ids, text=text)
 
     def _inputs(self, out, video_audio: bool) -> dict[str, Any]:
         inputs = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
@@ -261,90 +206,68 @@ class OmniModel(AVModel):
         inputs["position_ids"] = position_ids
         return inputs
 
-    def _media_tokens(self, spec: dict[str, Any], out, counters: dict[str, int], n_audio: list[int]) -> tuple[str, list[dict]]:
-        """Expand one medium into its placeholder string and per-token attributes."""
-        tok, merge = self.tokenizer, self.processor.video_processor.merge_size
-        rate = self.config.position_id_per_seconds
-        marker = lambda s: (s, [{"role": "marker"}])  # noqa: E731
-
-        def audio_run(k0: int, k1: int, chunk: int = -1, item: int = -1) -> list[dict]:
-            return [{"role": "audio", "time": k / rate, "chunk": chunk, "item": item} for k in range(k0, k1)]
-
-        parts: list[tuple[str, list[dict]]] = []
-        if spec["kind"] == "video":
-            t, h, w = (int(x) for x in out["video_grid_thw"][0])
-            h, w = h // merge, w // merge
-            spg = float(out["video_second_per_grid"][0])
-            grid = [(ti, r, c) for ti in range(t) for r in range(h) for c in range(w)]
-            video = [{"role": "video", "time": g[0] * spg, "grid": g} for g in grid]
-            if spec["with_audio"]:
-                na = n_audio[counters["audio"]]
-                counters["audio"] += 1
-                per_chunk = int(rate * self.config.seconds_per_chunk)
-                v_idx = np.array([g[0] for g in grid]) * spg * rate
-                v_chunks = self.processor.get_chunked_index(v_idx, per_chunk)
-                a_chunks = self.processor.get_chunked_index(np.arange(na), per_chunk)
-                parts.append(marker(tok.vision_bos_token))
-                parts.append(marker(tok.audio_bos_token))
-                for j in range(max(len(v_chunks), len(a_chunks))):
-                    if j < len(v_chunks):
-                        a, b = v_chunks[j]
-                        parts.append((tok.video_token * (b - a), [{**v, "chunk": j} for v in video[a:b]]))
-                    if j < len(a_chunks):
-                        a, b = a_chunks[j]
-                        parts.append((tok.audio_token * (b - a), audio_run(a, b, chunk=j)))
-                parts.append(marker(tok.audio_eos_token))
-                parts.append(marker(tok.vision_eos_token))
-            else:
-                parts += [marker(tok.vision_bos_token), (tok.video_token * len(video), video), marker(tok.vision_eos_token)]
-        elif spec["kind"] == "audio":
-            na = n_audio[counters["audio"]]
-            counters["audio"] += 1
-            run = audio_run(0, na, item=spec["item"])
-            parts += [marker(tok.audio_bos_token), (tok.audio_token * na, run), marker(tok.audio_eos_token)]
-        else:
-            _, h, w = (int(x) for x in out["image_grid_thw"][counters["image"]])
-            counters["image"] += 1
-            m = self.processor.image_processor.merge_size
-            cells = [{"role": "image", "grid": (0, r, c), "item": spec["item"]} for r in range(h // m) for c in range(w // m)]
-            parts += [marker(tok.vision_bos_token), (tok.image_token * len(cells), cells), marker(tok.vision_eos_token)]
-        return "".join(p[0] for p in parts), [a for p in parts for a in p[1]]
-
-    def _token_map(self, s: AVSample, pieces: list[Piece], out, video_audio: bool):
-        """TokenMap of the expanded prompt, piece by piece, and the expanded prompt text."""
-        n_audio = []
+    def _build(self, s: AVSample, parts: list[Part], out) -> Built:
+        """The expanded prompt, tokenized once, with its TokenMap (see `avmech.prompt`)."""
+        cfg, tok = self.config, self.tokenizer
+        n_audio: list[int] = []
         if "feature_attention_mask" in out:
             lengths = out["feature_attention_mask"].sum(-1)
             n_audio = [int(x) for x in self.hf.model.audio_tower._get_feat_extract_output_lengths(lengths)[1]]
-        counters = {"audio": 0, "image": 0}
-        b = TokenMapBuilder()
-        expanded = []
+        audio, images = iter(n_audio), iter(out.get("image_grid_thw", []))
         items = list(s.items)
-        for p in pieces:
-            if p.media:
-                spec = p.media[0]
-                string, attrs = self._media_tokens(spec, out, counters, n_audio)
-                item = spec.get("item", -1)
-                for a in attrs:
-                    it = a.get("item", item)
-                    b.add(
-                        1, a["role"], time=a.get("time", np.nan), chunk=a.get("chunk", -1),
-                        grid=[a["grid"]] if "grid" in a else None,
-                        item=it, item_role=items[it].role if it >= 0 else "",
-                    )
-                expanded.append(string)
-                continue
-            n = len(self.tokenizer(p.text, add_special_tokens=False)["input_ids"])
-            if p.role == "assistant_header":
-                b.add(n - 1, "assistant_header")
-                b.add(1, "last")
+        rate = cfg.position_id_per_seconds
+
+        def expand(b: PromptBuilder, slot: Slot) -> None:
+            tag = dict(item=slot.item, item_role=items[slot.item].role) if slot.item >= 0 else {}
+            if slot.kind == "video":
+                b.run(tok.vision_bos_token, 1, "marker")
+                if slot.with_audio:
+                    b.run(tok.audio_bos_token, 1, "marker")
+                    self._interleave(b, out, next(audio))
+                    b.run(tok.audio_eos_token, 1, "marker")
+                else:
+                    cells, spg = self._video_cells(out)
+                    b.run(tok.video_token, len(cells), "video", grid=cells, time=cells[:, 0] * spg)
+                b.run(tok.vision_eos_token, 1, "marker")
+            elif slot.kind == "audio":
+                na = next(audio)
+                b.run(tok.audio_bos_token, 1, "marker", **tag)
+                b.run(tok.audio_token, na, "audio", time=np.arange(na) / rate, **tag)
+                b.run(tok.audio_eos_token, 1, "marker", **tag)
             else:
-                b.add(n, p.role, option=p.attrs.get("option", -1))
-            expanded.append(p.text)
-        tokens = b.build(
-            answer=s.answer, n_options=len(s.options), item_kinds=tuple(it.kind for it in s.items)
-        )
-        return tokens, "".join(expanded)
+                _, h, w = (int(x) for x in next(images))
+                m = self.processor.image_processor.merge_size
+                cells = [(0, r, c) for r in range(h // m) for c in range(w // m)]
+                b.run(tok.vision_bos_token, 1, "marker", **tag)
+                b.run(tok.image_token, len(cells), "image", grid=cells, **tag)
+                b.run(tok.vision_eos_token, 1, "marker", **tag)
+
+        b = PromptBuilder(tok, {"video": cfg.video_token_id, "audio": cfg.audio_token_id, "image": cfg.image_token_id})
+        b.add(parts, expand)
+        return b.build(s)
+
+    def _video_cells(self, out) -> tuple[np.ndarray, float]:
+        """The merged (t, row, col) cells of the video in token order, and seconds per grid step."""
+        merge = self.processor.video_processor.merge_size
+        t, h, w = (int(x) for x in out["video_grid_thw"][0])
+        grid = np.stack(np.meshgrid(np.arange(t), np.arange(h // merge), np.arange(w // merge), indexing="ij"), -1)
+        return grid.reshape(-1, 3), float(out["video_second_per_grid"][0])
+
+    def _interleave(self, b: PromptBuilder, out, n_audio: int) -> None:
+        """``[V_j][A_j]`` chunk by chunk: the video and audio tokens whose temporal position
+        index (25 per second) falls in ``[50 j, 50 (j + 1))``, as the processor splits them."""
+        tok, rate = self.tokenizer, self.config.position_id_per_seconds
+        cells, spg = self._video_cells(out)
+        per_chunk = int(rate * self.config.seconds_per_chunk)
+        v_chunks = self.processor.get_chunked_index(cells[:, 0] * spg * rate, per_chunk)
+        a_chunks = self.processor.get_chunked_index(np.arange(n_audio), per_chunk)
+        for j in range(max(len(v_chunks), len(a_chunks))):
+            if j < len(v_chunks):
+                a, z = v_chunks[j]
+                b.run(tok.video_token, z - a, "video", grid=cells[a:z], time=cells[a:z, 0] * spg, chunk=j)
+            if j < len(a_chunks):
+                a, z = a_chunks[j]
+                b.run(tok.audio_token, z - a, "audio", time=np.arange(a, z) / rate, chunk=j)
 
     # ---- encoders ------------------------------------------------------------------
     def encode_media(self, p: Prepared) -> Float[torch.Tensor, "batch pos d_model"]:

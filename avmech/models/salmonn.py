@@ -38,9 +38,10 @@ Either way they are explicit in ``p.inputs["position_ids"]``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +55,8 @@ from avmech.models.base import MEDIA_POLICY_FILE, AVModel, Prepared
 from avmech.models.salmonn_checkpoint import read_released, write_released
 from avmech.models.salmonn_inputs import Block, MediaPolicy, audio_per_step, check_position_mode, position_ids
 from avmech.models.salmonn_modeling import CHUNK_SECONDS, SalmonnProcessor, VideoSalmonn2Plus
+from avmech.prompt import PromptBuilder, Slot, chat_parts, render, user_parts
 from avmech.sample import AVSample, Item
-from avmech.tokens import TokenMapBuilder
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "input_features")
@@ -72,32 +73,6 @@ class AudioClip:
     @property
     def real(self) -> np.ndarray:
         return self.times < self.duration
-
-
-@dataclass
-class _Layout:
-    """The prompt being assembled: token ids, their TokenMap, the text they spell, the media blocks."""
-
-    tokenizer: Any
-    ids: list[int] = field(default_factory=list)
-    spelled: list[str] = field(default_factory=list)
-    tokens: TokenMapBuilder = field(default_factory=TokenMapBuilder)
-    blocks: list[Block] = field(default_factory=list)
-
-    def text(self, text: str, role: str, **attrs) -> None:
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
-        if role == "assistant_header":
-            self.tokens.add(len(ids) - 1, role)
-            self.tokens.add(1, "last")
-        else:
-            self.tokens.add(len(ids), role, **attrs)
-        self.ids += ids
-        self.spelled.append(text)
-
-    def run(self, token_id: int, n: int, role: str, **attrs) -> None:
-        self.tokens.add(n, role, **attrs)
-        self.ids += [token_id] * n
-        self.spelled.append(self.tokenizer.convert_ids_to_tokens(token_id) * n)
 
 
 class SalmonnModel(AVModel):
@@ -188,73 +163,45 @@ class SalmonnModel(AVModel):
         t, h, w = (int(x) for x in grid_thw)
         return t, h // merge, w // merge
 
-    def _video_block(self, lay: _Layout, grid_thw, spg: float, clip: AudioClip | None) -> None:
+    def _video_block(self, b: PromptBuilder, grid_thw, spg: float, clip: AudioClip | None) -> tuple[int, Block]:
         """``<|vision_start|>`` each grid step's video tokens, then its audio tokens ``<|vision_end|>``."""
         t, h, w = self._grid(grid_thw)
-        lay.run(self.token_ids["start"], 1, "marker")
-        start, kinds, k = len(lay.ids), [], 0
-        rule = self.policy.audio_interleave
-        counts = audio_per_step(t, spg, len(clip.times), rule) if clip is not None else [0] * t
+        b.run(self.token_ids["start"], 1, "marker")
+        first, kinds, k = None, [], 0
+        counts = audio_per_step(t, spg, len(clip.times), self.policy.audio_interleave) if clip is not None else [0] * t
         for g, n in enumerate(counts):
             cells = [(g, r, c) for r in range(h) for c in range(w)]
-            lay.run(self.token_ids["video"], len(cells), "video", grid=cells, time=g * spg, chunk=g)
+            at = b.run(self.token_ids["video"], len(cells), "video", grid=cells, time=g * spg, chunk=g)
+            first = at if first is None else first
             if n:
-                self._audio_run(lay, clip, k, k + n, chunk=g)
+                self._audio_run(b, clip, k, k + n, chunk=g)
             kinds += [0] * len(cells) + [1] * n
             k += n
-        lay.blocks.append(Block("video", start, np.array(kinds, dtype=np.int8), (t, h, w), spg))
-        lay.run(self.token_ids["end"], 1, "marker")
+        b.run(self.token_ids["end"], 1, "marker")
+        return first, Block("video", -1, np.array(kinds, dtype=np.int8), (t, h, w), spg)
 
-    def _image_block(self, lay: _Layout, grid_thw, **item) -> None:
+    def _image_block(self, b: PromptBuilder, grid_thw, **item) -> tuple[int, Block]:
         t, h, w = self._grid(grid_thw)
         cells = [(0, r, c) for r in range(h) for c in range(w)]
-        lay.run(self.token_ids["start"], 1, "marker", **item)
-        lay.blocks.append(Block("image", len(lay.ids), np.zeros(len(cells), dtype=np.int8), (t, h, w)))
-        lay.run(self.token_ids["image"], len(cells), "image", grid=cells, **item)
-        lay.run(self.token_ids["end"], 1, "marker", **item)
+        b.run(self.token_ids["start"], 1, "marker", **item)
+        first = b.run(self.token_ids["image"], len(cells), "image", grid=cells, **item)
+        b.run(self.token_ids["end"], 1, "marker", **item)
+        return first, Block("image", -1, np.zeros(len(cells), dtype=np.int8), (t, h, w))
 
-    def _audio_run(self, lay: _Layout, clip: AudioClip, a: int, b: int, chunk: int = -1, **item) -> None:
-        real = clip.real[a:b]
+    def _audio_run(self, b: PromptBuilder, clip: AudioClip, a: int, z: int, chunk: int = -1, **item) -> int | None:
+        """Audio tokens a..z-1 of a clip: those of its sound as ``audio``, the padding as ``audio_pad``."""
+        real, first = clip.real[a:z], None
         for role, mask in (("audio", real), ("audio_pad", ~real)):
             if mask.any():
-                lay.run(self.token_ids["audio"], int(mask.sum()), role, time=clip.times[a:b][mask], chunk=chunk, **item)
+                at = b.run(self.token_ids["audio"], int(mask.sum()), role, time=clip.times[a:z][mask], chunk=chunk, **item)
+                first = at if first is None else first
+        return first
 
-    def _audio_block(self, lay: _Layout, clip: AudioClip, **item) -> None:
-        lay.run(self.token_ids["start"], 1, "marker", **item)
-        lay.blocks.append(Block("audio", len(lay.ids), np.ones(len(clip.times), dtype=np.int8)))
-        self._audio_run(lay, clip, 0, len(clip.times), **item)
-        lay.run(self.token_ids["end"], 1, "marker", **item)
-
-    def _user_turn(self, lay: _Layout, s: AVSample, out: dict[str, Any], clips: list[AudioClip], spg) -> None:
-        fmt, clips = s.format, list(clips)
-        if s.video is not None:
-            self._video_block(lay, out["video_grid_thw"][0], spg, clips.pop(0) if clips else None)
-            lay.text("\n", "instruction")
-        elif s.audio is not None:
-            self._audio_block(lay, clips.pop(0))
-            lay.text("\n", "instruction")
-        for text in (fmt.preamble, fmt.question_prefix):
-            if text:
-                lay.text(text, "instruction")
-        items, images = list(s.items), iter(out.get("image_grid_thw", []))
-        for part in s.question_parts():
-            if not isinstance(part, Item):
-                lay.text(part, "question")
-                continue
-            tag = dict(item=items.index(part), item_role=part.role)
-            if part.kind == "image":
-                self._image_block(lay, next(images), **tag)
-            else:
-                self._audio_block(lay, clips.pop(0), **tag)
-        for i, (letter, text) in enumerate(zip(s.letters, s.options)):
-            line = fmt.option_template.format(letter=letter, text=text)
-            at = line.index(letter)
-            lay.text(fmt.sep if i == 0 else fmt.option_sep, "instruction")
-            for piece, role in ((line[:at], "option_text"), (letter, "option_letter"), (line[at + 1:], "option_text")):
-                if piece:
-                    lay.text(piece, role, option=i)
-        if fmt.suffix:
-            lay.text(fmt.suffix, "instruction")
+    def _audio_block(self, b: PromptBuilder, clip: AudioClip, **item) -> tuple[int, Block]:
+        b.run(self.token_ids["start"], 1, "marker", **item)
+        first = self._audio_run(b, clip, 0, len(clip.times), **item)
+        b.run(self.token_ids["end"], 1, "marker", **item)
+        return first, Block("audio", -1, np.ones(len(clip.times), dtype=np.int8))
 
     def prepare(self, s: AVSample, *, position_mode: str | None = None) -> Prepared:
         """Model inputs and TokenMap of ``s``; positions by ``position_mode`` (default: ``self.position_mode``)."""
@@ -262,35 +209,38 @@ class SalmonnModel(AVModel):
             raise InputError(f"prepare takes an avmech.AVSample, got {type(s).__name__}")
         mode = check_position_mode(position_mode or self.position_mode)
         out, clips, spg = self._media(s)
-        lay = _Layout(self.tokenizer)
+        clips, images, items = iter(clips), iter(out.get("image_grid_thw", [])), list(s.items)
+        blocks: list[tuple[int, Block]] = []  # (the part holding its first token, the block)
+
+        def expand(b: PromptBuilder, slot: Slot) -> None:
+            if slot.item < 0 and slot.kind == "video":
+                blocks.append(self._video_block(b, out["video_grid_thw"][0], spg, next(clips, None)))
+                return
+            tag = dict(item=slot.item, item_role=items[slot.item].role) if slot.item >= 0 else {}
+            if slot.kind == "image":
+                blocks.append(self._image_block(b, next(images), **tag))
+            else:
+                blocks.append(self._audio_block(b, next(clips), **tag))
+
+        lead = Slot("video") if s.video is not None else Slot("audio") if s.audio is not None else None
         system = s.system if s.system is not None else DEFAULT_SYSTEM
-        lay.text(f"<|im_start|>system\n{system}<|im_end|>\n", "system")
-        lay.text("<|im_start|>user\n", "user_header")
-        self._user_turn(lay, s, out, clips, spg)
-        lay.text("<|im_end|>\n", "turn_end")
-        lay.text("<|im_start|>assistant\n", "assistant_header")
-        ids = torch.tensor([lay.ids])
-        whole = self.tokenizer("".join(lay.spelled), add_special_tokens=False, return_tensors="pt")["input_ids"]
-        if not torch.equal(whole, ids):
-            raise ModelError("internal: the prompt's pieces tokenize differently as a whole; please report this sample")
+        b = PromptBuilder(self.tokenizer, {"video": self.token_ids["video"], "image": self.token_ids["image"],
+                                          "audio": self.token_ids["audio"], "audio_pad": self.token_ids["audio"]})
+        b.add(chat_parts(system, user_parts(s, lead, after_lead="\n")), expand)
+        built = b.build(s)
+        ids = built.ids
         self.check_length(ids.shape[1])
+        placed = [dataclasses.replace(blk, start=built.spans[piece][0]) for piece, blk in blocks]
         inputs = {k: v for k, v in out.items() if k in MEDIA_KEYS}
         inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids),
-                      position_ids=position_ids(ids.shape[1], lay.blocks, mode))
-        kinds = tuple(it.kind for it in s.items)
-        tokens = lay.tokens.build(answer=s.answer, n_options=len(s.options), item_kinds=kinds)
-        return Prepared(sample=s, inputs=inputs, tokens=tokens, text=self._text(s, system),
-                        answer_ids=self.letter_ids(len(s.options)) if s.options else ())
+                      position_ids=position_ids(ids.shape[1], placed, mode))
+        return Prepared(sample=s, inputs=inputs, tokens=built.tokens, text=self._text(s, system),
+                        answer_ids=built.answer_ids)
 
     def _text(self, s: AVSample, system: str) -> str:
         """The prompt as the released conversation writes it, media as ``<video>``/``<audio>``/``<image>``."""
-        fmt = s.format
-        lead = "<video>\n" if s.video is not None else "<audio>\n" if s.audio is not None else ""
-        body = "".join(p if isinstance(p, str) else f"<{p.kind}>" for p in s.question_parts())
-        options = "".join((fmt.sep if i == 0 else fmt.option_sep) + fmt.option_template.format(letter=letter, text=text)
-                          for i, (letter, text) in enumerate(zip(s.letters, s.options)))
-        user = lead + fmt.preamble + fmt.question_prefix + body + options + fmt.suffix
-        return f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+        lead = Slot("video") if s.video is not None else Slot("audio") if s.audio is not None else None
+        return render(chat_parts(system, user_parts(s, lead, after_lead="\n")), lambda slot: f"<{slot.kind}>")
 
     # ---- encoders and checkpoints -------------------------------------------------------
     def encode_media(self, p: Prepared) -> Float[torch.Tensor, "batch pos d_model"]:

@@ -2,9 +2,9 @@
 
 Tests, the demo (`make figures`) and the benchmarks need models of the real classes
 without their weights. Each builder here makes a real transformers model from a small
-config, a small byte-level BPE tokenizer that carries the family's real special tokens
-(in the real order, at small ids: token ids are always read from the config), and the
-real processor class assembled from transformers' own parts. Everything is seeded, and
+config, the real Qwen2.5 tokenizer (`avmech.models.vocab`: the released vocabulary with
+the family's special tokens at their real ids, 151643 on, and Qwen2.5-Omni's released
+chat template), and the real processor class assembled from transformers' own parts. Everything is seeded, and
 written as an ordinary checkpoint directory, so loading a demo model goes through the
 same `from_pretrained` path as a real one.
 """
@@ -17,20 +17,16 @@ import tempfile
 from pathlib import Path
 
 import torch
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 
-# The split pattern of the Qwen2 tokenizers (byte-level BPE over these pre-tokens).
-QWEN_SPLIT = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
+from avmech.models.vocab import VOCAB_SIZE, qwen_tokenizer
 
 # Qwen2.5-Omni's special tokens in id order (151643 ...), and the attributes its
 # processor reads from the tokenizer.
 OMNI_SPECIALS = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>",
     "<|audio_eos|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_bos|>",
-    "<|vision_eos|>", "<|vision_pad|>", "<|IMAGE|>", "<|VIDEO|>",
+    "<|vision_eos|>", "<|vision_pad|>", "<|IMAGE|>", "<|VIDEO|>", "<tool_call>", "</tool_call>",
+    "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
 )
 OMNI_TOKEN_ATTRS = {
     "image_token": "<|IMAGE|>",
@@ -42,55 +38,23 @@ OMNI_TOKEN_ATTRS = {
     "audio_eos_token": "<|audio_eos|>",
 }
 
-# A chat template that renders exactly the layout of Qwen2.5-Omni's official one.
+# Qwen2.5-Omni's released chat template (the checkpoints' chat_template.json), verbatim.
 OMNI_CHAT_TEMPLATE = (
-    "{%- for message in messages -%}"
-    "{{ '<|im_start|>' + message['role'] + '\n' }}"
-    "{%- if message['content'] is string -%}{{ message['content'] }}"
-    "{%- else -%}{%- for part in message['content'] -%}"
-    "{%- if part['type'] == 'text' -%}{{ part['text'] }}"
-    "{%- elif part['type'] == 'image' -%}{{ '<|vision_bos|><|IMAGE|><|vision_eos|>' }}"
-    "{%- elif part['type'] == 'audio' -%}{{ '<|audio_bos|><|AUDIO|><|audio_eos|>' }}"
-    "{%- elif part['type'] == 'video' -%}{{ '<|vision_bos|><|VIDEO|><|vision_eos|>' }}"
-    "{%- endif -%}{%- endfor -%}{%- endif -%}"
-    "{{ '<|im_end|>\n' }}"
-    "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{ '<|im_start|>assistant\n' }}{%- endif -%}"
+    "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}"
+    "{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant."
+    "<|im_end|>\n{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_bos|><|IMAGE|><|vision_eos|>{% elif content['type'] == 'audio' or 'audio' in content "
+    "or 'audio_url' in content %}{% set audio_count.value = audio_count.value + 1 %}{% if add_audio_id %}"
+    "Audio {{ audio_count.value }}: {% endif %}<|audio_bos|><|AUDIO|><|audio_eos|>"
+    "{% elif content['type'] == 'video' or 'video' in content %}{% set video_count.value = video_count.value + 1 %}"
+    "{% if add_vision_id %}Video {{ video_count.value }}: {% endif %}<|vision_bos|><|VIDEO|><|vision_eos|>"
+    "{% elif 'text' in content %}{{ content['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-_CORPUS = (
-    "You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable of "
-    "perceiving auditory and visual inputs, as well as generating text and speech. "
-    "You are a helpful assistant. Select the best answer to the following multiple-choice "
-    "question based on the video. Respond with only the letter (A, B, C, or D) of the correct "
-    "option. The best answer is: Answer with the option's letter from the given choices "
-    "directly. Question: Which image matches the audio? Who is speaking? What colour is the "
-    "shape? How many tones are there? the first second third fourth image audio clip red green "
-    "blue yellow circle square triangle high low rising falling tone man woman speaker 0 1 2 3 4 5 "
-    "6 7 8 9 A B C D E system user assistant"
-)
-
-
-def build_tokenizer(specials: tuple[str, ...], token_attrs: dict[str, str], vocab_size: int = 512):
-    """A byte-level BPE tokenizer with Qwen2's pre-tokenizer; ``specials`` get the last ids."""
-    from transformers import Qwen2TokenizerFast
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    tok.train_from_iterator([_CORPUS] * 4, trainer)
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in specials])
-    return Qwen2TokenizerFast(
-        tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>", extra_special_tokens=token_attrs
-    )
 
 
 def build_omni_processor(min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 28 * 16, audio_seconds: int = 30):
@@ -109,7 +73,7 @@ def build_omni_processor(min_pixels: int = 28 * 28 * 4, max_pixels: int = 28 * 2
         image_processor=Qwen2VLImageProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2),
         video_processor=Qwen2VLVideoProcessor(size=size, patch_size=14, temporal_patch_size=2, merge_size=2),
         feature_extractor=WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, chunk_length=audio_seconds),
-        tokenizer=build_tokenizer(OMNI_SPECIALS, OMNI_TOKEN_ATTRS),
+        tokenizer=qwen_tokenizer(OMNI_SPECIALS, OMNI_TOKEN_ATTRS),
         chat_template=OMNI_CHAT_TEMPLATE,
     )
 
@@ -123,10 +87,9 @@ def omni_config(tokenizer, *, d_model: int = 64, n_layers: int = 4, n_heads: int
     quarter = head_dim // 2 // 4  # mrope_section must sum to head_dim / 2, as [16, 24, 24] does for 128
     section = [quarter, (head_dim // 2 - quarter) // 2, head_dim // 2 - quarter - (head_dim // 2 - quarter) // 2]
     ids = tokenizer.convert_tokens_to_ids
-    vocab = (len(tokenizer) + 63) // 64 * 64
     return Qwen2_5OmniThinkerConfig(
         text_config=dict(
-            vocab_size=vocab, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
+            vocab_size=VOCAB_SIZE, hidden_size=d_model, intermediate_size=d_mlp, num_hidden_layers=n_layers,
             num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, max_position_embeddings=32768,
             rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": section},
             tie_word_embeddings=False,
@@ -223,7 +186,7 @@ def build_salmonn_processor():
 
     patches = dict(patch_size=14, temporal_patch_size=2, merge_size=2)
     return SalmonnProcessor(
-        tokenizer=build_tokenizer(SALMONN_SPECIALS, {}),
+        tokenizer=qwen_tokenizer(SALMONN_SPECIALS, {}),
         image_processor=Qwen2VLImageProcessor(**patches),
         video_processor=Qwen2VLVideoProcessor(**patches),
         feature_extractor=WhisperFeatureExtractor(feature_size=128, sampling_rate=16000, chunk_length=30),
@@ -241,7 +204,7 @@ def salmonn_config(tokenizer, *, d_model: int = 64, n_layers: int = 4, n_heads: 
     return SalmonnConfig(
         vl_config=dict(
             text_config=dict(
-                vocab_size=(len(tokenizer) + 63) // 64 * 64, hidden_size=d_model, intermediate_size=d_mlp,
+                vocab_size=VOCAB_SIZE, hidden_size=d_model, intermediate_size=d_mlp,
                 num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
                 max_position_embeddings=32768, bos_token_id=ids("<|endoftext|>"), eos_token_id=ids("<|im_end|>"),
                 rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": section},
