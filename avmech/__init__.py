@@ -6,7 +6,7 @@
 """
 
 from avmech import metrics
-from avmech.errors import InputError, ModelError
+from avmech.errors import AVMechError, InputError, MediaError, ModelError, RemoteError
 from avmech.interventions import (
     Ablate,
     ActivationPatch,
@@ -26,7 +26,7 @@ from avmech.sample import AVSample, Item, PromptFormat
 from avmech.tokens import Group, TokenMap
 
 __all__ = [
-    "AVModel", "AVSample", "Ablate", "ActivationPatch", "AttentionKnockout", "AttentionRead", "Capture", "EdgeKnockout", "Group",
-    "InputError", "Intervention", "Item", "LogitLens", "ModelError", "Prepared", "PromptFormat", "RunContext", "RunResult", "Site",
+    "AVMechError", "AVModel", "AVSample", "Ablate", "ActivationPatch", "AttentionKnockout", "AttentionRead", "Capture", "EdgeKnockout", "Group",
+    "InputError", "Intervention", "Item", "LogitLens", "MediaError", "ModelError", "Prepared", "PromptFormat", "RemoteError", "RunContext", "RunResult", "Site",
     "TokenDrop", "TokenMap", "load", "metrics",
 ]

@@ -96,7 +96,7 @@ from nnsight.intervention.backends.remote import RemoteError as NNsightRemoteErr
 from nnsight.modeling.mixins.remotable import Remotable
 from nnsight.schema.response import ResponseModel, Status
 
-from avmech.errors import InputError, ModelError
+from avmech.errors import InputError, ModelError, RemoteError
 
 if TYPE_CHECKING:
     from avmech.interventions.base import Intervention, RunContext
@@ -104,10 +104,6 @@ if TYPE_CHECKING:
 
 MAX_REQUEST_BYTES = 2**30  # one request's serialised size (1 GiB): past it, something local was captured
 CONNECT_TIMEOUT = 10.0  # seconds to open the status websocket
-
-
-class RemoteError(RuntimeError):
-    """A remote run failed; the message names the server, the problem and the fix."""
 
 
 # ---- the model, as a server sees it ---------------------------------------------------

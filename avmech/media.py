@@ -17,14 +17,12 @@ import av
 import numpy as np
 import soundfile as sf
 
+from avmech.errors import MediaError
+
 SAMPLE_RATE = 16_000
 _SOUNDFILE_EXTS = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 _AV_AUDIO_CODECS = {".mp3": "libmp3lame", ".m4a": "aac"}
 _VIDEO_CODECS = ("libx264", "mpeg4")  # first available encoder wins
-
-
-class MediaError(ValueError):
-    """A media file is missing, unreadable, or unsuitable; the message says how to fix it."""
 
 
 @dataclass(frozen=True)

@@ -287,16 +287,6 @@ class AVModel:
         with use(where):
             return generate(self, p, list(interventions), max_new_tokens=max_new_tokens)
 
-    def letter_ids(self, n: int) -> tuple[int, ...]:
-        """Token ids of the first ``n`` option letters, as generated after the assistant header."""
-        out = []
-        for letter in "ABCDEFGHIJ"[:n]:
-            ids = self.tokenizer.encode(letter, add_special_tokens=False)
-            if len(ids) != 1:
-                raise ModelError(f"option letter {letter!r} is not one token for this tokenizer: {ids}")
-            out.append(ids[0])
-        return tuple(out)
-
     def save_pretrained(self, path: str | Path) -> None:
         """Write weights, processor and media policy: `avmech.load(path)` gives this model back."""
         path = Path(path)
