@@ -5,7 +5,7 @@
     print(p.tokens)
 """
 
-from avmech import metrics
+from avmech import data, flows, metrics
 from avmech.errors import AVMechError, InputError, MediaError, ModelError, RemoteError
 from avmech.interventions import (
     Ablate,
@@ -28,5 +28,5 @@ from avmech.tokens import Group, TokenMap
 __all__ = [
     "AVMechError", "AVModel", "AVSample", "Ablate", "ActivationPatch", "AttentionKnockout", "AttentionRead", "Capture", "EdgeKnockout", "Group",
     "InputError", "Intervention", "Item", "LogitLens", "MediaError", "ModelError", "Prepared", "PromptFormat", "RemoteError", "RunContext", "RunResult", "Site",
-    "TokenDrop", "TokenMap", "load", "metrics",
+    "TokenDrop", "TokenMap", "data", "flows", "load", "metrics",
 ]

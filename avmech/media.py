@@ -1,8 +1,9 @@
 """Audio/video I/O for avmech: decode clips into numpy arrays and write them back.
 
 Decoding and encoding go through PyAV (which bundles FFmpeg's libraries; no
-``ffmpeg`` binary is needed) and soundfile for wav/flac.  Audio is always
-returned as float32 mono in [-1, 1]; video as uint8 RGB frames ``[T, H, W, 3]``.
+``ffmpeg`` binary is needed), soundfile for wav/flac and soxr for resampling.  Audio
+is returned as float32 mono, made as one family's released pipeline makes it
+(`RECIPES`); video as uint8 RGB frames ``[T, H, W, 3]``.
 The synthetic signal helpers at the bottom build the demo data set and tests.
 """
 
@@ -12,6 +13,7 @@ import math
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
@@ -90,63 +92,106 @@ def probe(path: str | Path) -> MediaInfo:
         )
 
 
-def _to_mono(wave: np.ndarray) -> np.ndarray:
+# How each family's released pipeline turns a sound track into 16 kHz mono:
+#   "librosa": Qwen2.5-Omni's qwen-omni-utils, librosa.load(path, sr=16000): decoded at the
+#       native rate (soundfile for wav/flac, else FFmpeg to 16-bit PCM as audioread does),
+#       the mean of the channels, soxr's high-quality resampler, ceil(n * 16000 / rate) samples;
+#   "ffmpeg": video-SALMONN 2+'s torchcodec AudioDecoder(num_channels=1, sample_rate=16000):
+#       FFmpeg's own downmix, (L + R) / sqrt(2) for stereo, and its own resampler.
+AudioRecipe = Literal["librosa", "ffmpeg"]
+RECIPES = ("librosa", "ffmpeg")
+_LAYOUTS = {1: "mono", 2: "stereo", 3: "2.1", 4: "quad", 5: "5.0", 6: "5.1", 7: "6.1", 8: "7.1"}
+
+
+def _channels(wave: np.ndarray) -> np.ndarray:
+    """``[n]`` or ``[n, channels <= 8]`` (soundfile's layout) as float32 ``[n, channels]``."""
     wave = np.asarray(wave, dtype=np.float32)
-    if wave.ndim == 2 and wave.shape[1] <= 8:
-        wave = wave.mean(axis=1)
-    if wave.ndim != 1:
+    if wave.ndim == 1:
+        wave = wave[:, None]
+    if wave.ndim != 2 or not 1 <= wave.shape[1] <= 8:
         raise MediaError(
             f"waveform of shape {wave.shape} is not [n] or [n, channels<=8]; transpose or squeeze it"
         )
+    if not np.isfinite(wave).all():
+        raise MediaError("the waveform holds NaN or infinite samples: clean or regenerate the audio")
     return wave
 
 
-def resample(wave: np.ndarray, orig_sr: int, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Resample ``wave`` to ``sample_rate`` with FFmpeg's band-limited (windowed-sinc) resampler.
+def _check_recipe(recipe: str) -> None:
+    if recipe not in RECIPES:
+        raise MediaError(f"audio recipe {recipe!r} is unknown: use one of {RECIPES}")
 
-    ``wave`` is ``[n]`` or ``[n, c]`` with ``c <= 8`` channels (soundfile's layout);
-    channels are averaged to mono.  Returns float32 ``[round(n * sample_rate / orig_sr)]``.
-    """
-    wave = _to_mono(wave)
-    if orig_sr == sample_rate or wave.size == 0:
-        return wave.copy()
-    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave[None]), format="fltp", layout="mono")
-    frame.sample_rate = int(orig_sr)
-    resampler = av.AudioResampler(format="fltp", layout="mono", rate=int(sample_rate))
+
+def _check_rate(rate, what: str) -> int:
+    if isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0:
+        raise MediaError(f"{what} {rate!r} is not a positive whole number of samples per second: pass e.g. 16000")
+    return int(rate)
+
+
+def resample(wave: np.ndarray, orig_sr: int, sample_rate: int = SAMPLE_RATE,
+             recipe: AudioRecipe = "librosa") -> np.ndarray:
+    """A waveform ``[n]`` or ``[n, c <= 8]`` at ``orig_sr`` as float32 mono at ``sample_rate``, by ``recipe``."""
+    _check_recipe(recipe)
+    orig_sr, sample_rate = _check_rate(orig_sr, "sample_rate"), _check_rate(sample_rate, "target rate")
+    wave = _channels(wave)
+    if recipe == "librosa":
+        mono = wave.mean(axis=1)
+        if orig_sr == sample_rate or not len(mono):
+            return mono.copy()
+        import soxr
+
+        out = soxr.resample(mono, orig_sr, sample_rate, quality="HQ")
+        n = math.ceil(len(mono) * sample_rate / orig_sr)
+        return np.pad(out, (0, max(0, n - len(out))))[:n].astype(np.float32)
+    if not len(wave):
+        return np.zeros(0, np.float32)
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(wave.T), format="fltp", layout=_LAYOUTS[wave.shape[1]])
+    frame.sample_rate = orig_sr
+    resampler = av.AudioResampler(format="fltp", layout="mono", rate=sample_rate)
     out = resampler.resample(frame) + resampler.resample(None)
     return np.concatenate([f.to_ndarray()[0] for f in out]).astype(np.float32)
 
 
-def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
-    """Decode the (first) audio track of ``path`` as float32 mono in [-1, 1] at ``sample_rate``.
-
-    Channels are averaged.  wav/flac/ogg/aiff go through soundfile; anything else
-    (mp3, mp4, m4a, mkv, ...) through PyAV.
-    """
-    fix = "convert it to wav/flac/mp3/mp4"
-    if Path(path).suffix.lower() in _SOUNDFILE_EXTS and Path(path).is_file():
-        try:
-            wave, sr = sf.read(str(path), dtype="float32", always_2d=True)
-            return np.clip(resample(wave.mean(axis=1), sr, sample_rate), -1.0, 1.0)
-        except sf.LibsndfileError:
-            pass  # e.g. a mislabeled container: let FFmpeg try
+def _decode(path: str | Path, fix: str, resampler: av.AudioResampler) -> tuple[list[np.ndarray], int, int]:
+    """The first audio track through ``resampler``: its arrays, and the track's rate and channels."""
     with _open(path, "audio", fix) as c:
         if not c.streams.audio:
             what = "video" if c.streams.video else "file"
             raise MediaError(
                 f"{what} '{path}' has no audio track; pass audio=... explicitly or use a clip with sound"
             )
-        # keep the channel layout and average afterwards: FFmpeg's downmix would scale by 1/sqrt(2)
-        resampler = av.AudioResampler(format="fltp", rate=int(sample_rate))
+        stream = c.streams.audio[0]
+        rate, channels = stream.rate, stream.channels
         chunks = []
         try:
             for frame in c.decode(c.streams.audio[0]):
-                chunks += [f.to_ndarray().mean(axis=0) for f in resampler.resample(frame)]
-            chunks += [f.to_ndarray().mean(axis=0) for f in resampler.resample(None)]
+                chunks += [f.to_ndarray() for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray() for f in resampler.resample(None)]
         except av.FFmpegError as e:
             raise MediaError(f"could not decode '{path}' as audio ({e}); {fix}") from e
-    wave = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    return np.clip(wave.astype(np.float32), -1.0, 1.0)
+    return chunks, rate, channels
+
+
+def read_audio(path: str | Path, sample_rate: int = SAMPLE_RATE, recipe: AudioRecipe = "librosa") -> np.ndarray:
+    """Decode the (first) audio track of ``path`` as float32 mono at ``sample_rate``, as
+    ``recipe``'s released pipeline does (see `RECIPES`)."""
+    _check_recipe(recipe)
+    fix = "convert it to wav/flac/mp3/mp4"
+    if recipe == "ffmpeg":
+        chunks, _, _ = _decode(path, fix, av.AudioResampler(format="fltp", layout="mono", rate=int(sample_rate)))
+        return np.concatenate([c[0] for c in chunks]).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if Path(path).suffix.lower() in _SOUNDFILE_EXTS and Path(path).is_file():
+        try:
+            wave, rate = sf.read(str(path), dtype="float32", always_2d=True)
+            return resample(wave, rate, sample_rate)
+        except sf.LibsndfileError:
+            pass  # e.g. a mislabeled container: let FFmpeg try
+    # as audioread hands FFmpeg's output to librosa: interleaved 16-bit PCM at the native rate
+    chunks, rate, channels = _decode(path, fix, av.AudioResampler(format="s16"))
+    if not chunks:
+        return np.zeros(0, np.float32)
+    wave = np.concatenate([c.reshape(-1) for c in chunks]).astype(np.float32) / 32768.0
+    return resample(wave.reshape(-1, channels), rate, sample_rate)
 
 
 def _nearest(items, targets: np.ndarray) -> list:
@@ -168,11 +213,12 @@ def _nearest(items, targets: np.ndarray) -> list:
     return out + [prev[1]] * (len(targets) - len(out)) if prev is not None else out
 
 
-def load_wave(source: str | Path | np.ndarray, sample_rate: int | None = None) -> np.ndarray:
-    """Mono float32 at `SAMPLE_RATE` from a file, or from a waveform recorded at ``sample_rate``."""
+def load_wave(source: str | Path | np.ndarray, sample_rate: int | None = None,
+              recipe: AudioRecipe = "librosa") -> np.ndarray:
+    """Mono float32 at `SAMPLE_RATE` from a file, or from a waveform recorded at ``sample_rate``, by ``recipe``."""
     if isinstance(source, np.ndarray):
-        return resample(source, sample_rate, SAMPLE_RATE)
-    return read_audio(source)
+        return resample(source, sample_rate, SAMPLE_RATE, recipe)
+    return read_audio(source, SAMPLE_RATE, recipe)
 
 
 def read_video(path: str | Path, fps: float | None = None, n_frames: int | None = None) -> VideoClip:
@@ -231,15 +277,17 @@ def read_video(path: str | Path, fps: float | None = None, n_frames: int | None 
     return VideoClip(np.stack(rgb), float(fps), float(duration), times)
 
 
-def _audio_stream(container: av.container.OutputContainer, codec: str, sample_rate: int) -> av.AudioStream:
-    stream = container.add_stream(codec, rate=int(sample_rate), layout="mono")
+def _audio_stream(container: av.container.OutputContainer, codec: str, sample_rate: int,
+                  channels: int = 1) -> av.AudioStream:
+    stream = container.add_stream(codec, rate=int(sample_rate), layout=_LAYOUTS[channels])
     stream.time_base = Fraction(1, int(sample_rate))
     return stream
 
 
 def _encode_audio(container, stream, wave: np.ndarray, start: int) -> None:
-    samples = np.ascontiguousarray(wave[None], dtype=np.float32)
-    frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+    """Encode ``wave [n, channels]`` from sample ``start`` on."""
+    samples = np.ascontiguousarray(wave.T, dtype=np.float32)
+    frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=_LAYOUTS[wave.shape[1]])
     frame.sample_rate, frame.pts, frame.time_base = stream.rate, start, stream.time_base
     container.mux(stream.encode(frame))
 
@@ -253,8 +301,8 @@ def write_video(
 ) -> None:
     """Write uint8 RGB ``frames [T, H, W, 3]`` as an h264/yuv420p mp4 at ``fps``.
 
-    H and W must be even.  If ``audio`` (float mono in [-1, 1] at ``sample_rate``) is
-    given it is muxed as an AAC mono track, interleaved with the frames.
+    H and W must be even.  If ``audio`` (float in [-1, 1] at ``sample_rate``, ``[n]`` or
+    ``[n, channels]``) is given it is muxed as an AAC track, interleaved with the frames.
     """
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
@@ -267,12 +315,12 @@ def write_video(
         raise MediaError(f"frames are {h}x{w} but yuv420p needs even height and width; crop or pad by one pixel")
     if fps <= 0:
         raise ValueError(f"fps must be positive, got {fps}")
-    wave = np.clip(_to_mono(audio), -1.0, 1.0) if audio is not None else None
+    wave = np.clip(_channels(audio), -1.0, 1.0) if audio is not None else None
     codec = next(c for c in _VIDEO_CODECS if c in av.codecs_available)  # mpeg4 is always built in
     with av.open(str(path), "w", format="mp4") as c:
         vs = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
-        aus = _audio_stream(c, "aac", sample_rate) if wave is not None else None
+        aus = _audio_stream(c, "aac", sample_rate, wave.shape[1]) if wave is not None else None
         done = 0
         for i, img in enumerate(frames):
             c.mux(vs.encode(av.VideoFrame.from_ndarray(img, format="rgb24")))
@@ -288,13 +336,14 @@ def write_video(
 
 
 def write_audio(path: str | Path, wave: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
-    """Write a mono float ``wave``: wav/flac/ogg via soundfile, mp3/m4a via PyAV (chosen by extension)."""
-    wave, suffix = np.clip(_to_mono(wave), -1.0, 1.0), Path(path).suffix.lower()
+    """Write a float ``wave`` (``[n]`` or ``[n, channels]``): wav/flac/ogg via soundfile, mp3/m4a via
+    PyAV (chosen by extension)."""
+    wave, suffix = np.clip(_channels(wave), -1.0, 1.0), Path(path).suffix.lower()
     if suffix in _SOUNDFILE_EXTS:
         sf.write(str(path), wave, int(sample_rate))
     elif suffix in _AV_AUDIO_CODECS:
         with av.open(str(path), "w") as c:
-            stream = _audio_stream(c, _AV_AUDIO_CODECS[suffix], sample_rate)
+            stream = _audio_stream(c, _AV_AUDIO_CODECS[suffix], sample_rate, wave.shape[1])
             _encode_audio(c, stream, wave, 0)
             c.mux(stream.encode())
     else:

@@ -78,9 +78,9 @@ def user_parts(s: AVSample, lead: Slot | None = None, after_lead: str = "") -> l
             out.append(Text(after_lead, "instruction"))
     for text in (fmt.preamble, fmt.question_prefix):
         out.append(Text(text, "instruction"))
-    items = list(s.items)
+    index = {id(it): k for k, it in enumerate(s.items)}  # by identity: items may hold arrays
     for part in s.question_parts():
-        out.append(Slot(part.kind, items.index(part)) if isinstance(part, Item) else Text(part, "question"))
+        out.append(Slot(part.kind, index[id(part)]) if isinstance(part, Item) else Text(part, "question"))
     for i, (letter, text) in enumerate(zip(s.letters, s.options)):
         line = fmt.option_template.format(letter=letter, text=text)
         at = line.index(letter)
@@ -118,6 +118,20 @@ def conversation(parts: list[Part]) -> list[dict[str, Any]]:
         else:
             user.append({"type": "text", "text": p.text})
     return [{"role": "system", "content": [{"type": "text", "text": system}]}, {"role": "user", "content": user}]
+
+
+def check_text(parts: list[Part], tokenizer) -> None:
+    """Text from the sample (question, options, system prompt, boilerplate) may not hold a
+    special token: the tokenizer would read it as a placeholder or a turn marker."""
+    specials = {t for t in [*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()] if t.startswith("<")}
+    for p in parts:
+        if isinstance(p, Text) and not p.template:
+            found = sorted(t for t in specials if t in p.text)
+            if found:
+                raise InputError(
+                    f"the {p.role} text {p.text[:60]!r} contains the special token {found[0]!r}, which the "
+                    "tokenizer reads as a placeholder or turn marker, not as text: remove it from the sample"
+                )
 
 
 def render(parts: list[Part], placeholder: Callable[[Slot], str]) -> str:
@@ -184,6 +198,7 @@ class PromptBuilder:
 
     def add(self, parts: list[Part], expand: Callable[[PromptBuilder, Slot], None]) -> None:
         """Append parts, media slots expanded by ``expand`` (the family's)."""
+        check_text(parts, self.tokenizer)
         for p in parts:
             if isinstance(p, Text):
                 self.text(p.text, p.role, option=p.option, template=p.template)
@@ -193,7 +208,6 @@ class PromptBuilder:
     # ---- tokenize once, then check ------------------------------------------------------
     def build(self, s: AVSample) -> Built:
         tok = self.tokenizer
-        self._check_plain_text()
         pieces = self.pieces  # empty ones get no token: the next part starts where they do
         text = "".join(p.text for p in pieces)
         enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
@@ -232,19 +246,6 @@ class PromptBuilder:
                        for j in range(len(pieces))])
         self._check(built, pieces[which[-1]])
         return built
-
-    def _check_plain_text(self) -> None:
-        """Text from the sample (question, options, system prompt) may not hold special tokens."""
-        specials = [t for t in self.tokenizer.all_special_tokens + list(self.tokenizer.get_added_vocab())
-                    if t.startswith("<")]
-        for p in self.pieces:
-            if p.token is None and not p.template:
-                found = [t for t in specials if t in p.text]
-                if found:
-                    raise InputError(
-                        f"the {p.role} text {p.text[:60]!r} contains the special token {found[0]!r}, which the "
-                        "tokenizer reads as a placeholder or turn marker, not as text: remove it from the sample"
-                    )
 
     def _tokens(self, ids) -> list[str]:
         return self.tokenizer.convert_ids_to_tokens([int(i) for i in ids])

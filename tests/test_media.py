@@ -166,5 +166,65 @@ def test_stereo_is_averaged_the_same_by_both_decoders(tmp_path):
     shutil.copy(tmp_path / "stereo.wav", tmp_path / "stereo.bin")  # unknown suffix: decoded by PyAV
     via_soundfile = media.read_audio(tmp_path / "stereo.wav")
     via_pyav = media.read_audio(tmp_path / "stereo.bin")
-    np.testing.assert_allclose(via_soundfile, 0.75 * wave, atol=1e-3)
-    np.testing.assert_allclose(via_pyav, via_soundfile, atol=1e-3)
+    np.testing.assert_allclose(via_soundfile, 0.75 * wave, atol=1e-4)
+    np.testing.assert_array_equal(via_pyav, via_soundfile)  # both read the same 16-bit samples
+
+
+def _stereo(rate: int, seconds: float = 1.0):
+    t = np.arange(round(rate * seconds)) / rate
+    left = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    right = (0.3 * np.sin(2 * np.pi * 700 * t) * (t < seconds / 2)).astype(np.float32)
+    return left, right
+
+
+def test_ffmpeg_recipe_downmixes_as_torchcodec_does(tmp_path):
+    """video-SALMONN 2+ decodes with torchcodec, num_channels=1: FFmpeg's (L + R) / sqrt(2), not the mean."""
+    left, right = _stereo(SAMPLE_RATE)
+    sf.write(tmp_path / "stereo.wav", np.stack([left, right], axis=1), SAMPLE_RATE, subtype="FLOAT")
+    got = media.read_audio(tmp_path / "stereo.wav", recipe="ffmpeg")
+    np.testing.assert_allclose(got, (left + right) / np.sqrt(2), atol=1e-6)
+    assert np.abs(got - (left + right) / 2).max() > 0.1
+    arrays = media.resample(np.stack([left, right], axis=1), SAMPLE_RATE, SAMPLE_RATE, recipe="ffmpeg")
+    np.testing.assert_allclose(arrays, got, atol=1e-6)
+
+
+def test_librosa_recipe_means_channels_and_resamples_with_soxr(tmp_path):
+    """Qwen2.5-Omni's qwen-omni-utils reads sound with librosa.load(sr=16000): the channel mean,
+    soxr's high-quality resampler, ceil(n * 16000 / rate) samples; mp4 tracks as 16-bit PCM."""
+    import soxr
+
+    left, right = _stereo(SAMPLE_RATE)
+    sf.write(tmp_path / "same.wav", np.stack([left, right], axis=1), SAMPLE_RATE, subtype="FLOAT")
+    np.testing.assert_allclose(media.read_audio(tmp_path / "same.wav"), (left + right) / 2, atol=1e-7)
+    left, right = _stereo(44_100, seconds=1.3)
+    sf.write(tmp_path / "cd.wav", np.stack([left, right], axis=1), 44_100, subtype="FLOAT")
+    got = media.read_audio(tmp_path / "cd.wav")
+    assert len(got) == math.ceil(len(left) * SAMPLE_RATE / 44_100)
+    reference = soxr.resample((left + right) / 2, 44_100, SAMPLE_RATE, quality="HQ")
+    n = min(len(reference), len(got))
+    np.testing.assert_allclose(got[:n], reference[:n], atol=1e-6)
+    assert np.abs(got - media.read_audio(tmp_path / "cd.wav", recipe="ffmpeg") / np.sqrt(2)).max() > 1e-4
+    # a track inside a video is read as 16-bit PCM, as audioread hands FFmpeg's output to librosa
+    media.write_video(tmp_path / "clip.mp4", np.zeros((4, 32, 32, 3), np.uint8), fps=4,
+                      audio=np.stack([left, right], axis=1)[: 44_100], sample_rate=44_100)
+    pcm = media.read_audio(tmp_path / "clip.mp4")
+    with av.open(str(tmp_path / "clip.mp4")) as c:
+        floats = np.concatenate([f.to_ndarray() for f in c.decode(audio=0)], axis=1)
+    reference = soxr.resample(floats.mean(axis=0), 44_100, SAMPLE_RATE, quality="HQ")
+    assert np.abs(pcm[: len(reference)] - reference[: len(pcm)]).max() < 1e-3  # the 16-bit quantisation
+    assert not np.array_equal(pcm[: len(reference)], reference[: len(pcm)].astype(np.float32))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_waveforms_are_refused(bad):
+    wave = media.tone(440.0, 0.2)
+    wave[10] = bad
+    for recipe in media.RECIPES:
+        with pytest.raises(MediaError, match="NaN or infinite"):
+            media.resample(wave, SAMPLE_RATE, SAMPLE_RATE, recipe=recipe)
+
+
+@pytest.mark.parametrize("rate", [-5, 0, 16000.5, True])
+def test_a_bad_sample_rate_names_the_fix(rate):
+    with pytest.raises(MediaError, match="positive whole number"):
+        media.resample(media.tone(440.0, 0.2), rate)

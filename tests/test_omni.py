@@ -134,6 +134,54 @@ def test_inputs_reproduce_the_processors_own_run(omni, media_dir):
     assert not torch.equal(p.position_ids[0], p.position_ids[1])
 
 
+def test_media_are_made_as_qwen_omni_utils_makes_them(omni, media_dir, tmp_path):
+    """The released route, step by step: frames decoded (PyAV, as torchvision's reader), taken at
+    linspace(0, T - 1, n).round(), resized on uint8 by torchvision's antialiased bicubic resize to
+    smart_resize's multiple of 28, then given to the processor as floats; images resized by PIL's
+    bicubic first; the sound by librosa.load. avmech's tensors equal that route's exactly."""
+    import av
+    from PIL import Image
+    from torchvision.transforms.functional import InterpolationMode, resize
+
+    from avmech.models.omni import _smart_resize
+
+    pol = omni.policy
+    clip = tmp_path / "odd.mp4"  # 50 x 90 px: not a multiple of 28, so the frames are resized
+    media.write_video(clip, media.moving_shape_frames(30, 50, 90, "circle", seed=2), fps=10,
+                      audio=np.stack([media.tone(300, 3.0), media.chirp(200, 900, 3.0)], axis=1))
+    with av.open(str(clip)) as c:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        native_fps = float(c.streams.video[0].average_rate)
+    n = max(2, int(min(max(len(decoded) / native_fps * 2, 4), len(decoded)) // 2 * 2))
+    frames = torch.from_numpy(decoded[np.linspace(0, len(decoded) - 1, n).round().astype(int)]).permute(0, 3, 1, 2)
+    max_pixels = max(min(pol["video_max_pixels"], pol["video_total_pixels"] / n * 2), int(pol["video_min_pixels"] * 1.05))
+    h, w = _smart_resize(frames.shape[2], frames.shape[3], 28, pol["video_min_pixels"], max_pixels)
+    frames = resize(frames, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    size = {"shortest_edge": pol["video_min_pixels"], "longest_edge": int(max_pixels)}
+    kw = dict(size=size, do_sample_frames=False, cap_pixels_per_frame=False, return_tensors="pt")
+    reference = omni.processor.video_processor(videos=[frames], **kw)
+    p = omni.prepare(avmech.AVSample(video=str(clip), question="Which shape?", options=("a", "b"), answer=0))
+    assert torch.equal(p.inputs["pixel_values_videos"], reference["pixel_values_videos"])
+    # the processor alone, resizing the raw frames itself, differs (the gap avmech used to have)
+    raw = omni.processor.video_processor(videos=[decoded[np.linspace(0, len(decoded) - 1, n).round().astype(int)]], **kw)
+    assert raw["pixel_values_videos"].shape == reference["pixel_values_videos"].shape
+    assert not torch.equal(raw["pixel_values_videos"], reference["pixel_values_videos"])
+
+    image = np.random.default_rng(0).integers(0, 255, (50, 77, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "odd.png")
+    ih, iw = _smart_resize(50, 77, 28, pol["image_min_pixels"], pol["image_max_pixels"])
+    pil = np.asarray(Image.fromarray(image).resize((iw, ih), Image.Resampling.BICUBIC))
+    isize = {"shortest_edge": pol["image_min_pixels"], "longest_edge": pol["image_max_pixels"]}
+    reference = omni.processor.image_processor(images=[pil], size=isize, return_tensors="pt")["pixel_values"]
+    sample = avmech.AVSample(question="What is in [img1]?", options=("a", "b"), answer=0,
+                             items=(avmech.Item("image", str(tmp_path / "odd.png"), tag="[img1]"),))
+    assert torch.equal(omni.prepare(sample).inputs["pixel_values"], reference)
+
+    wave = media.read_audio(clip, recipe="librosa")
+    features = omni.processor.feature_extractor(wave, sampling_rate=16000, return_tensors="pt")["input_features"]
+    assert torch.equal(p.inputs["input_features"][..., : features.shape[-1]], features[..., : p.inputs["input_features"].shape[-1]])
+
+
 def test_prepare_is_deterministic(omni, media_dir):
     a, b = omni.prepare(_av_sample(media_dir)), omni.prepare(_av_sample(media_dir))
     for key, value in a.inputs.items():
@@ -217,20 +265,36 @@ def test_cli_inspect_prints_the_layout(media_dir):
 
 def test_the_released_full_checkpoint_layout_loads_the_thinker_only(omni, media_dir, tmp_path):
     """Qwen/Qwen2.5-Omni-* ship the whole model (model_type qwen2_5_omni, weights under
-    thinker.*, a speaker dictionary); avmech builds and loads the thinker alone."""
+    thinker.*, the talker's beside them, a speaker dictionary); avmech reads the thinker
+    alone. A thinker-only copy (the same config, thinker.* weights only, no spk_dict.pt)
+    loads too, and a checkpoint missing a thinker weight is refused, naming it."""
     import json
 
+    from safetensors.torch import load_file, save_file
     from transformers import Qwen2_5OmniConfig, Qwen2_5OmniForConditionalGeneration
 
     full = Qwen2_5OmniForConditionalGeneration(
         Qwen2_5OmniConfig(thinker_config=omni.hf.config.to_dict(), enable_audio_output=False))
     full.thinker.load_state_dict(omni.hf.state_dict())
-    full.save_pretrained(tmp_path)
-    omni.processor.save_pretrained(tmp_path)
-    torch.save({}, tmp_path / "spk_dict.pt")
-    (tmp_path / "avmech_media.json").write_text(json.dumps(omni.media_policy))
-    assert json.loads((tmp_path / "config.json").read_text())["model_type"] == "qwen2_5_omni"
-    again = avmech.load(str(tmp_path), dtype=torch.float32)
-    assert type(again.hf).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
     p = omni.prepare(_av_sample(media_dir))
-    assert torch.equal(omni.run(p).logits, again.run(again.prepare(p.sample)).logits)
+    for variant in ("released", "thinker-only"):
+        d = tmp_path / variant
+        full.save_pretrained(d)
+        omni.processor.save_pretrained(d)
+        (d / "avmech_media.json").write_text(json.dumps(omni.media_policy))
+        weights = d / "model.safetensors"
+        if variant == "released":  # the talker's weights sit beside the thinker's, with a speaker dictionary
+            save_file({**load_file(weights), "talker.codec_head.weight": torch.zeros(4, 4)}, weights,
+                      metadata={"format": "pt"})
+            torch.save({}, d / "spk_dict.pt")
+        assert json.loads((d / "config.json").read_text())["model_type"] == "qwen2_5_omni"
+        again = avmech.load(str(d), dtype=torch.float32)
+        assert type(again.hf).__name__ == "Qwen2_5OmniThinkerForConditionalGeneration"
+        assert torch.equal(omni.run(p).logits, again.run(again.prepare(p.sample)).logits), variant
+    tensors = load_file(weights)
+    del tensors["thinker.model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with pytest.raises(ModelError, match=r"lacks 1 thinker weight.*layers\.1\.mlp\.up_proj"):
+        avmech.load(str(d), dtype=torch.float32)
+
+

@@ -337,7 +337,7 @@ def test_interleaved_items(salmonn, media_dir):
 
 
 def test_file_inputs_match_array_inputs(salmonn, media_dir):
-    clip, wave = media.read_video(media_dir / "clip.mp4"), media.read_audio(media_dir / "clip.mp4")
+    clip, wave = media.read_video(media_dir / "clip.mp4"), media.read_audio(media_dir / "clip.mp4", recipe="ffmpeg")
     from_file = salmonn.prepare(avmech.AVSample(video=str(media_dir / "clip.mp4"), question="q"))
     from_arrays = salmonn.prepare(avmech.AVSample(video=clip.frames, fps=clip.fps, question="q",
                                                   audio=wave, sample_rate=16000))

@@ -10,7 +10,6 @@ read from ``config.json``: Qwen2.5-Omni by its model type, video-SALMONN 2+ as a
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -110,49 +109,8 @@ def load(
             f"{path}: model type {model_type!r} is not supported: avmech knows qwen2_5_omni(_thinker) and "
             "video-SALMONN 2+ (qwen2_5_vl with an audio_config)"
         )
-    served = None
-    if decoder == "server":
-        opts["config"], served = _one_layer_config(path)
-    with _quiet(decoder == "server"):  # the unread layers are reported as unexpected keys, by design
-        if model_type == "qwen2_5_omni_thinker":
-            return load_omni(path, name=name, media_policy=policy, served_layers=served, **opts)
-        from transformers import Qwen2_5OmniForConditionalGeneration
+    return load_omni(path, name=name, media_policy=policy, decoder=decoder, **opts)
 
-        from avmech.models.base import load_processor
-
-        full = Qwen2_5OmniForConditionalGeneration.from_pretrained(str(path), enable_audio_output=False, **opts)
-    return OmniModel(full.thinker, load_processor(path), name=name, media_policy=policy, served_layers=served)
-
-
-@contextlib.contextmanager
-def _quiet(enabled: bool):
-    """Silence transformers' loading report for the duration (restoring its verbosity)."""
-    from transformers.utils import logging as hf_logging
-
-    previous = hf_logging.get_verbosity()
-    if enabled:
-        hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(previous)
-
-
-def _one_layer_config(path: Path):
-    """The checkpoint's config with its text decoder cut to one layer, and the true depth."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(str(path))
-    if getattr(config, "thinker_config", None) is not None:  # the full Qwen2.5-Omni checkpoint
-        config.enable_audio_output = False
-        text = config.thinker_config.text_config
-    else:
-        text = config.get_text_config()
-    depth = text.num_hidden_layers
-    text.num_hidden_layers = 1
-    if getattr(text, "layer_types", None):
-        text.layer_types = text.layer_types[:1]
-    return config, depth
 
 
 __all__ = ["AVModel", "Encoded", "OmniModel", "Prepared", "SalmonnModel", "load"]

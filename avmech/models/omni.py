@@ -30,11 +30,13 @@ from typing import Any
 import numpy as np
 import torch
 from jaxtyping import Float
+from PIL import Image
+from torchvision.transforms.functional import InterpolationMode, resize
 
 from avmech import media
 from avmech.errors import InputError, ModelError
 from avmech.models.base import AVModel, Prepared
-from avmech.prompt import Built, Part, PromptBuilder, Slot, chat_parts, conversation, render, user_parts
+from avmech.prompt import Built, Part, PromptBuilder, Slot, chat_parts, check_text, conversation, render, user_parts
 from avmech.sample import AVSample, Item
 
 # What the released chat template writes when a conversation has no system message. The
@@ -81,8 +83,13 @@ class OmniModel(AVModel):
         return self.hf.config
 
     # ---- media -------------------------------------------------------------------
-    def _video_frames(self, s: AVSample) -> tuple[np.ndarray, float, float]:
-        """Frames sampled by the released rules: (frames [T,H,W,3], sample fps, duration s)."""
+    def _video_frames(self, s: AVSample) -> tuple[torch.Tensor, float, float]:
+        """Frames as qwen-omni-utils makes them: (float frames [T, 3, H, W], sample fps, duration s).
+
+        ``fps`` frames per second (an even count, evenly spaced over the native frames,
+        rounded to the nearest), then resized on uint8 by torchvision's antialiased
+        bicubic resize to multiples of 28 px within the per-frame budget; the processor
+        then only rescales and normalises them."""
         pol = self.policy
         total, native_fps = self.native_frames(s)
         native = s.video if isinstance(s.video, np.ndarray) else None
@@ -99,17 +106,28 @@ class OmniModel(AVModel):
             frames = frames[np.minimum(idx, len(frames) - 1)]
         else:
             frames = native[idx]
-        return frames, n / total * native_fps, total / native_fps
+        h, w = _smart_resize(*frames.shape[1:3], 28, pol["video_min_pixels"], self._video_max_pixels(n))
+        video = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+        video = resize(video, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+        return video, n / total * native_fps, total / native_fps
+
+    def _video_max_pixels(self, n_frames: int) -> float:
+        pol = self.policy
+        return max(min(pol["video_max_pixels"], pol["video_total_pixels"] / n_frames * 2), int(pol["video_min_pixels"] * 1.05))
 
     def _video_size(self, n_frames: int) -> dict[str, int]:
+        """The processor's size bounds (the frames already fit them, so it does not resize again)."""
+        return {"shortest_edge": self.policy["video_min_pixels"], "longest_edge": int(self._video_max_pixels(n_frames))}
+
+    def _image(self, item: Item) -> np.ndarray:
+        """An image as qwen-omni-utils' fetch_image makes it: PIL's bicubic resize to multiples of 28 px."""
         pol = self.policy
-        max_pixels = max(
-            min(pol["video_max_pixels"], pol["video_total_pixels"] / n_frames * 2), int(pol["video_min_pixels"] * 1.05)
-        )
-        return {"shortest_edge": pol["video_min_pixels"], "longest_edge": int(max_pixels)}
+        image = item.image()
+        h, w = _smart_resize(*image.shape[:2], 28, pol["image_min_pixels"], pol["image_max_pixels"])
+        return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
 
     def _audio(self, source, sample_rate: int | None, what: str) -> np.ndarray:
-        wave = media.load_wave(source, sample_rate)
+        wave = media.load_wave(source, sample_rate, recipe="librosa")  # qwen-omni-utils: librosa.load
         fe = self.processor.feature_extractor
         limit = fe.n_samples / fe.sampling_rate
         if len(wave) / media.SAMPLE_RATE > limit + 1e-6:
@@ -169,7 +187,7 @@ class OmniModel(AVModel):
         for it in s.question_parts():
             if isinstance(it, Item) and it.kind == "audio":
                 audios.append(self._audio(it.data, it.sample_rate, f"audio item {it.tag}"))
-        images = [it.image() for it in s.question_parts() if isinstance(it, Item) and it.kind == "image"]
+        images = [self._image(it) for it in s.question_parts() if isinstance(it, Item) and it.kind == "image"]
         if images:
             pol = self.policy
             call["images"] = images
@@ -178,6 +196,7 @@ class OmniModel(AVModel):
             call["audio"] = audios
 
         parts = self.parts(s, video_audio)
+        check_text(parts, self.tokenizer)
         text = render(parts, self._placeholder)
         out = self.processor(text=text, return_tensors="pt", **call)
         built = self._build(s, parts, out)
@@ -300,11 +319,44 @@ class OmniModel(AVModel):
         return embeds
 
 
-def load_omni(path: str | Path, name: str, media_policy: dict[str, Any] | None = None,
-              served_layers: int | None = None, **kwargs) -> OmniModel:
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+def load_omni(path: str | Path, name: str, media_policy: dict[str, Any] | None = None, decoder: str = "local",
+              **kwargs) -> OmniModel:
+    """The thinker of a Qwen2.5-Omni checkpoint, whichever way it was saved.
+
+    A released checkpoint (model type ``qwen2_5_omni``: the thinker's weights under
+    ``thinker.*``, beside the talker's and the vocoder's, and a speaker dictionary) and a
+    thinker-only one (the same config and ``thinker.*`` weights, nothing else, or model
+    type ``qwen2_5_omni_thinker``) all load the thinker alone: its weights are read, the
+    talker is never built, and no speaker dictionary is needed. Every thinker weight must
+    be in the checkpoint; ``decoder="server"`` builds one decoder layer (see `avmech.load`)."""
+    from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers.utils import logging as hf_logging
 
     from avmech.models.base import load_processor
 
-    hf = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(str(path), **kwargs)
-    return OmniModel(hf, load_processor(path), name=name, media_policy=media_policy, served_layers=served_layers)
+    config = AutoConfig.from_pretrained(str(path))
+    released = config.model_type == "qwen2_5_omni"
+    if released:
+        config = config.thinker_config
+    served = None
+    if decoder == "server":
+        served = config.text_config.num_hidden_layers
+        config.text_config.num_hidden_layers = 1
+        if getattr(config.text_config, "layer_types", None):
+            config.text_config.layer_types = config.text_config.layer_types[:1]
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the talker's keys (and the server's layers) are unexpected by design
+    try:
+        hf, info = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
+            str(path), config=config, key_mapping={r"^thinker\.": ""} if released else None,
+            output_loading_info=True, **kwargs)
+    finally:
+        hf_logging.set_verbosity(previous)
+    tied = {"lm_head.weight"} if config.get_text_config().tie_word_embeddings else set()
+    missing = sorted(set(info["missing_keys"]) - tied)
+    if missing:
+        raise ModelError(
+            f"{path} lacks {len(missing)} thinker weight(s), e.g. {missing[:3]}: is the checkpoint complete "
+            "(every safetensors shard downloaded)?"
+        )
+    return OmniModel(hf, load_processor(path), name=name, media_policy=media_policy, served_layers=served)

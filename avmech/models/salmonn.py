@@ -18,9 +18,10 @@ token is its ``\\n``, where the answer letter is read)::
   chunks of 60 (``<|audio_pad|>``); tokens past the end of the sound encode padding
   silence and get their own role, ``audio_pad``; token k's time is k / 2 s.
 - Interleaving: grid step g is followed by the audio tokens [f_g, f_(g+1)) with
-  f_g = floor(2 g spg); the last step takes all the rest, the padding included (media
-  policy ``audio_interleave="even"`` gives the released data pipeline's even split
-  instead, see `MediaPolicy`). The TokenMap's ``chunk`` of a video or audio token is its
+  f_g = floor(2 g spg); the last step takes all the rest, the padding included: the
+  released pipeline on its main branch (since 2025-09-26). Media policy
+  ``audio_interleave="even"`` reproduces the July 2025 release's even split instead
+  (see `MediaPolicy`). The TokenMap's ``chunk`` of a video or audio token is its
   grid step.
 - Video only: the V runs alone. Audio only: ``<|vision_start|>[A ...]<|vision_end|>\\n``
   (the released code reuses the vision markers for audio).
@@ -110,7 +111,7 @@ class SalmonnModel(AVModel):
         return frames[np.minimum(idx, len(frames) - 1)], fps
 
     def _audio(self, source, sample_rate: int | None, what: str) -> AudioClip:
-        wave = media.load_wave(source, sample_rate)
+        wave = media.load_wave(source, sample_rate, recipe="ffmpeg")  # torchcodec, num_channels=1
         if not len(wave):
             raise InputError(f"{what} is empty: the audio branch needs sound")
         sr, duration = media.SAMPLE_RATE, len(wave) / media.SAMPLE_RATE

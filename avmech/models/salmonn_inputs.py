@@ -2,7 +2,7 @@
 
 Pure functions and small records, used by `avmech.models.salmonn.SalmonnModel` to lay a
 sample out; each follows the released data pipeline and inference code
-(``qwenvl/data/dataset.py``, ``processing_video_salmonn2_plus.py``, ``get_rope_index``).
+(``qwenvl/data/dataset.py``, ``inference.py``, ``get_rope_index``).
 
 Position ids. Qwen2.5-VL's rotary embedding takes three ids per token (temporal, height,
 width); text tokens have all three equal. Media tokens sit in `Block` s, and the released
@@ -61,11 +61,11 @@ class MediaPolicy:
     Audio shorter than ``audio_min_seconds`` is padded with silence first.
 
     ``audio_interleave`` says which audio tokens follow each grid step: ``"time"`` (the
-    released processor given the seconds per grid step, and DESIGN's rule: [f_g, f_(g+1))
-    with f_g = floor(2 g spg), the rest, padding included, after the last step) or
-    ``"even"`` (the released data pipeline, ``split_into_groups``, which the training and
-    ``inference.py`` go through: every step gets ``A // T`` tokens, the first ``A % T``
-    steps one more, so the padding is spread over the later steps).
+    released pipeline on its main branch since its 2025-09-26 change, which passes the
+    seconds per grid step: [f_g, f_(g+1)) with f_g = floor(2 g spg), the rest, padding
+    included, after the last step) or ``"even"`` (the July 2025 release only,
+    ``split_into_groups``: every step gets ``A // T`` tokens, the first ``A % T`` steps
+    one more, so the padding is spread over the later steps).
 
     Override any of them in ``avmech_media.json`` beside a checkpoint (the tiny model uses
     small frames so).
