@@ -2,11 +2,11 @@
 
 Flow analyses ask questions about *groups* of positions ("block the audio tokens from
 the question"), so the first job of an instrument is to say, for every position, what
-it is. avmech builds that record while it assembles the prompt, piece by piece, never by
-searching the token string afterwards: each piece (the system turn, a vision marker,
-the audio tokens of a 2-second chunk, option letter "B") is appended with its role and
-attributes, and the result is checked against the token ids the model's own processor
-produced.
+it is. avmech makes that record from the prompt's ids themselves, never by searching
+the token string: the prompt is assembled from parts that know their role (the system
+turn, a vision marker, the audio tokens of a 2-second chunk, option letter "B"),
+tokenized once with offsets, and each token takes the role of the part its first
+character belongs to (`avmech.prompt`, which also checks the result).
 
 Per position it records:
 
