@@ -1,14 +1,63 @@
-"""The `avmech` command line: inspect a sample's layout (more commands join as flows land)."""
+"""The `avmech` command line: inspect a sample's layout, run experiments, draw the figures.
+
+    avmech inspect clip.mp4 -q "Who speaks first?" -o "the man" -o "the woman"
+    avmech run experiments/av_video_knockout.toml [--model M] [--limit N] [--shard i/n] [--wait]
+    avmech figures
+
+Every error avmech raises on purpose (`avmech.errors.AVMechError`) is printed as one
+line, ``error: <what and where>: <the fix>``, and the command exits with its kind's
+status (``--debug`` prints the traceback instead, same status):
+
+======  ==========================================================================
+status  meaning
+======  ==========================================================================
+0       done (``run`` prints how many records, and how many samples it skipped)
+1       an unexpected error (a bug: its traceback is printed), or an
+        `AVMechError` of no kind
+2       `InputError`: an argument, file, configuration, data set or results folder
+        (in use by another run, written with another configuration, not writable)
+3       `RemoteError`: a run on an NDIF server failed
+4       `ModelError`: a model avmech cannot load or trace
+5       `MediaError`: a media file (with ``run --strict``: a sample's corrupt clip)
+======  ==========================================================================
+
+``run`` keeps every record computed before an error, so the same command resumes.
+"""
 
 from __future__ import annotations
 
+import re
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import typer
 
-from avmech.errors import InputError, ModelError
+from avmech.errors import EXIT_STATUS, AVMechError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trace audio-visual LLMs.")
+DEBUG_HELP = "on an error, print its traceback instead of one line"
+
+
+def one_line(e: AVMechError) -> str:
+    """The error's message and notes as one line (a line ending in ':' runs on, others join with '; ')."""
+    lines = [line.strip() for part in (str(e), *getattr(e, "__notes__", ())) for line in part.splitlines()]
+    out = ""
+    for line in filter(None, lines):
+        out += line if not out else (" " if out.endswith(":") else "; ") + line
+    return out
+
+
+def exit_status(e: AVMechError) -> int:
+    """The status of the error's kind (`EXIT_STATUS`), 1 for an `AVMechError` of no kind."""
+    return next((status for kind, status in EXIT_STATUS.items() if isinstance(e, kind)), 1)
+
+
+def fail(e: AVMechError, debug: bool) -> NoReturn:
+    """Print ``e`` (one line, or with ``debug`` its traceback) and exit with its kind's status."""
+    text = "".join(traceback.format_exception(e)) if debug else f"error: {one_line(e)}\n"
+    typer.echo(text, err=True, nl=False)
+    raise typer.Exit(exit_status(e)) from e
 
 
 @app.callback()
@@ -25,6 +74,7 @@ def inspect(
     audio: Path = typer.Option(None, help="an audio file, beside or instead of the video"),
     video_audio: bool = typer.Option(True, help="use the video's own sound track"),
     model: str = typer.Option("tiny-omni", help="embedded name, hub id or checkpoint directory"),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Print what every sequence position of a prepared sample is."""
     import avmech
@@ -36,9 +86,8 @@ def inspect(
             use_video_audio=video_audio,
         )
         p = m.prepare(sample)
-    except (InputError, ModelError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    except AVMechError as e:
+        fail(e, debug)
     typer.echo(f"{m}\n{p.tokens.summary()}")
 
 
@@ -52,7 +101,22 @@ def _shard(text: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-@app.command()
+def _statuses() -> str:
+    """The exit statuses, one a line, from `EXIT_STATUS` and the error classes' own summaries."""
+    kinds = sorted(EXIT_STATUS.items(), key=lambda kv: kv[1])
+    rows = ["0  done", "1  an unexpected error (a bug: its traceback is printed), or an AVMechError of no kind"]
+    rows += [f"{status}  {kind.__name__}: {re.split(r'[.;]', kind.__doc__)[0].lower()}" for kind, status in kinds]
+    return "\n".join(rows)
+
+
+@app.command(help=f"""Run (or resume) an experiment and write its records.
+
+Writes RESULTS/<experiment>/<model>/ (records.jsonl as each record completes, records.parquet at the end); \
+running the same command again resumes. A sample whose media cannot be prepared is skipped and logged to \
+skipped.jsonl (--strict: stop). An error is printed as one line (--debug: its traceback) and exits with its status:
+
+{_statuses()}
+""")
 def run(
     experiment: Path = typer.Argument(..., help="an experiment file (experiments/*.toml)"),
     model: str = typer.Option(None, help="override the experiment's model"),
@@ -64,21 +128,24 @@ def run(
         None, help="where traces run: local or ndif (host and key: the experiment's \\[ndif] table, NDIF_HOST / "
         "NDIF_API_KEY, or nnsight's config); overrides the experiment's backend",
     ),
+    wait: bool = typer.Option(
+        False, "--wait", help="if another run is writing the same folder, wait for it (default: refuse)"),
+    new_folder: bool = typer.Option(
+        False, "--new-folder", help="if the folder holds records of another configuration, write to <folder>-2, "
+        "-3, ... (default: refuse, naming the fields that differ)",
+    ),
+    strict: bool = typer.Option(
+        False, "--strict", help="stop at the first sample that cannot be prepared (default: skip it)"),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
-    """Run (or resume) an experiment and write its records."""
-    from avmech.backends import RemoteError
-    from avmech.experiment import load_experiment, run_experiment
+    from avmech.experiment import execute, load_experiment
 
     try:
         exp = load_experiment(experiment, model=model, root=data, limit=limit, backend=backend)
-        out = run_experiment(exp, results, _shard(shard))
-    except (InputError, ModelError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
-    except RemoteError as e:
-        typer.echo(f"error: {e}\nthe records computed so far are kept: run the same command again to resume", err=True)
-        raise typer.Exit(3) from e
-    typer.echo(f"records: {out / 'records.parquet'}")
+        summary = execute(exp, results, _shard(shard), wait=wait, new_folder=new_folder, strict=strict)
+    except AVMechError as e:
+        fail(e, debug)
+    typer.echo(f"records: {summary.directory / 'records.parquet'}\n{summary}")
 
 
 @app.command()
@@ -86,13 +153,17 @@ def figures(
     results: Path = typer.Option(Path("results"), help="results root: results/<experiment>/<model>/"),
     out: Path = typer.Option(Path("paper_figures/out"), help="where the figures, tables and index go"),
     model: str = typer.Option(None, help="run missing experiments on this model (default: each file's demo model)"),
+    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
 ) -> None:
     """Run the study's missing experiments, then draw every figure and table (paper_figures/)."""
     from paper_figures.make import make
 
     try:
         index = make(results, out, model)
-    except (InputError, ModelError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from e
+    except AVMechError as e:
+        fail(e, debug)
     typer.echo(f"index: {index}")
+
+
+if __name__ == "__main__":
+    app()

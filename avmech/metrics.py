@@ -6,6 +6,8 @@ study's main metric); accuracy is the argmax over the option letters.
 
 from __future__ import annotations
 
+import math
+
 from avmech.interventions.run import RunResult
 
 
@@ -14,13 +16,21 @@ def p_correct(result: RunResult) -> float:
     return result.p_correct
 
 
-def dp(cond: RunResult, base: RunResult) -> float:
-    """Relative change of the correct letter's probability: ``(p_cond - p_base) / p_base``."""
-    return (cond.p_correct - base.p_correct) / base.p_correct
+def dp(cond: RunResult | float, base: RunResult | float) -> float:
+    """Relative change of the correct letter's probability: ``(p_cond - p_base) / p_base``.
+
+    Takes runs or their probabilities; NaN (never a number) when either run has non-finite
+    logits or the base gives the correct letter no probability at all."""
+    p1 = cond.p_correct if isinstance(cond, RunResult) else float(cond)
+    p0 = base.p_correct if isinstance(base, RunResult) else float(base)
+    if not (math.isfinite(p1) and math.isfinite(p0) and p0 > 0):
+        return math.nan
+    return (p1 - p0) / p0
 
 
 def accuracy(results: list[RunResult]) -> float:
-    """Fraction of results whose highest-logit option letter is the correct one."""
+    """Fraction of results whose highest-logit option letter is the correct one (a run with
+    non-finite logits has no prediction, so it counts as wrong)."""
     if not results:
         raise ValueError("accuracy of no results")
     return sum(r.correct for r in results) / len(results)

@@ -69,7 +69,8 @@ Part = Text | Slot
 
 def user_parts(s: AVSample, lead: Slot | None = None, after_lead: str = "") -> list[Part]:
     """The user turn of ``s``: its own clip (``lead``, then ``after_lead``), the benchmark's
-    preamble, the question with its items in place, the option lines and the suffix."""
+    preamble, the question with its items (at their tags, or in the study's order, see
+    ``AVSample.layout``), the option lines and the suffix."""
     fmt = s.format
     out: list[Part] = []
     if lead is not None:
@@ -79,8 +80,14 @@ def user_parts(s: AVSample, lead: Slot | None = None, after_lead: str = "") -> l
     for text in (fmt.preamble, fmt.question_prefix):
         out.append(Text(text, "instruction"))
     index = {id(it): k for k, it in enumerate(s.items)}  # by identity: items may hold arrays
-    for part in s.question_parts():
-        out.append(Slot(part.kind, index[id(part)]) if isinstance(part, Item) else Text(part, "question"))
+    in_order = [part for part in s.question_parts() if isinstance(part, Item)]
+    if s.layout == "study":  # [candidates][question][reference][options]
+        out += [Slot(it.kind, index[id(it)]) for it in in_order if it.role == "candidate"]
+        out.append(Text(s.question_text(), "question"))
+        out += [Slot(it.kind, index[id(it)]) for it in in_order if it.role == "reference"]
+    else:
+        for part in s.question_parts():
+            out.append(Slot(part.kind, index[id(part)]) if isinstance(part, Item) else Text(part, "question"))
     for i, (letter, text) in enumerate(zip(s.letters, s.options)):
         line = fmt.option_template.format(letter=letter, text=text)
         at = line.index(letter)
@@ -134,6 +141,11 @@ def check_text(parts: list[Part], tokenizer) -> None:
                 )
 
 
+def item_slots(parts: list[Part]) -> list[Slot]:
+    """The interleaved items' slots in prompt order: the order their media are processed in."""
+    return [p for p in parts if isinstance(p, Slot) and p.item >= 0]
+
+
 def render(parts: list[Part], placeholder: Callable[[Slot], str]) -> str:
     """The prompt's text with each medium written as ``placeholder(slot)``."""
     return "".join(p.text if isinstance(p, Text) else placeholder(p) for p in parts)
@@ -144,7 +156,7 @@ class Built:
     """A tokenized prompt: its text, ids, map, option letter ids, and each part's token span."""
 
     text: str
-    ids: Int[torch.Tensor, "1 pos"]
+    ids: Int[torch.Tensor, "batch pos"]
     tokens: TokenMap
     answer_ids: tuple[int, ...]
     spans: list[tuple[int, int]]

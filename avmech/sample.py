@@ -14,6 +14,7 @@ media by their own released rules in ``prepare``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -49,6 +50,9 @@ class Item:
             raise InputError(f"Item role {self.role!r} is unknown: use 'candidate' or 'reference'")
         if isinstance(self.data, np.ndarray) and self.kind == "audio" and self.sample_rate is None:
             raise InputError(f"audio item {self.tag} is a waveform without a rate: pass sample_rate=")
+        rate = self.sample_rate
+        if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, np.integer)) or rate <= 0):
+            raise InputError(f"audio item {self.tag}: sample_rate={rate!r} must be a positive whole number")
 
     def image(self) -> np.ndarray:
         """The item's image as uint8 RGB ``[H, W, 3]`` (decoded from its file if it is a path)."""
@@ -113,8 +117,10 @@ class AVSample:
     video: path to a clip, or a uint8 array ``[frames, H, W, 3]`` (then ``fps=`` is needed).
     audio: path, or a float waveform (then ``sample_rate=``). With a video file and no
         audio, the clip's own sound track is used (``use_video_audio=True``).
-    items: images/audio clips for the interleaved configuration, in any order; they are
-        placed at their tags in ``question``.
+    items: images/audio clips for the interleaved configuration, in any order; with
+        ``layout="dataset"`` they are placed at their tags in ``question``; with
+        ``layout="study"`` the prompt reads ``[candidates][question][reference][options]``,
+        as the study fed it (the tags are taken out of the question text).
     options: option texts without letters; ``answer`` is the index of the correct one.
     """
 
@@ -129,6 +135,7 @@ class AVSample:
     items: tuple[Item, ...] = ()
     system: str | None = None
     prompt_format: str | PromptFormat = "plain"
+    layout: Literal["dataset", "study"] = "dataset"
     id: str = ""
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
 
@@ -137,6 +144,23 @@ class AVSample:
         object.__setattr__(self, "items", tuple(self.items))
         if self.options and len(self.options) > len(LETTERS):
             raise InputError(f"{len(self.options)} options given; at most {len(LETTERS)} are supported")
+        bad = [o for o in (self.question, *self.options) if not isinstance(o, str)]
+        if bad:
+            raise InputError(f"question and options are text; got {bad[0]!r} ({type(bad[0]).__name__}): pass strings")
+        if self.answer is not None and (isinstance(self.answer, bool) or not isinstance(self.answer, (int, np.integer))):
+            hint = (f" (for the letter {self.answer!r}: answer={LETTERS.find(self.answer.upper())})"
+                    if isinstance(self.answer, str) and len(self.answer) == 1 and self.answer.upper() in LETTERS else "")
+            raise InputError(
+                f"answer={self.answer!r} is not an option index: give the index of the correct option as an int "
+                f"(0 for the first){hint}"
+            )
+        for name in ("fps", "sample_rate"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
+                                      or not np.isfinite(value) or value <= 0):
+                raise InputError(f"{name}={value!r} must be a positive number (frames / samples per second)")
+        if self.sample_rate is not None and float(self.sample_rate) != int(self.sample_rate):
+            raise InputError(f"sample_rate={self.sample_rate!r} must be a whole number of samples per second")
         if self.answer is not None:
             if not self.options:
                 raise InputError("answer given without options: pass options=[...] or drop answer")
@@ -157,6 +181,8 @@ class AVSample:
             raise InputError("audio given as a waveform without a rate: pass sample_rate=")
         if self.items and self.video is not None:
             raise InputError("a sample has either a video or interleaved items, not both")
+        if self.layout not in ("dataset", "study"):
+            raise InputError(f"layout {self.layout!r} is unknown: use 'dataset' (items at their tags) or 'study'")
         if isinstance(self.prompt_format, str) and self.prompt_format not in PROMPT_FORMATS:
             raise InputError(
                 f"unknown prompt_format {self.prompt_format!r}: use one of {sorted(PROMPT_FORMATS)}"
@@ -179,6 +205,14 @@ class AVSample:
     @property
     def letters(self) -> str:
         return LETTERS[: len(self.options)]
+
+    def question_text(self) -> str:
+        """The question without its item tags (the study's layout), whitespace tidied."""
+        text = self.question
+        for it in self.items:
+            text = text.replace(it.tag, " ")
+        text = re.sub(r"[ \t]+", " ", text)
+        return re.sub(r" +([?.!,:;])", r"\1", text).strip()
 
     def question_parts(self) -> list[str | Item]:
         """The question split at item tags, in reading order: text pieces and items."""

@@ -287,6 +287,15 @@ class TokenMap:
         return self.summary()
 
 
+def check_expression(expr: str) -> str:
+    """``expr`` if it is a well-formed group expression of known names (any sample's
+    groups may still be empty); else an `InputError` naming the problem."""
+    if not isinstance(expr, str) or not expr.strip():
+        raise InputError(f"token group {expr!r} is not a group expression: write e.g. 'audio' or 'options - correct'")
+    _Parser(expr, TokenMapBuilder().build(answer=0, n_options=0)).parse()
+    return expr
+
+
 _TOKEN = re.compile(r"\s*(?:(?P<op>[|&\-()])|(?P<call>\w+)\((?P<arg>\d+)\)|(?P<name>\w+))")
 
 

@@ -176,6 +176,27 @@ def test_speakerbench_errors_name_the_missing_piece(tmp_path):
         read("av-speakerbench", tmp_path / "c")
 
 
+
+def test_speakerbench_refuses_a_question_id_twice_and_empty_or_garbage_files(tmp_path):
+    _hand_speakerbench(tmp_path / "d", HAND_CSV.replace("\n103,vidB,", "\n101,vidB,"))
+    twice = (r"test\.csv' row 1 \('How many speakers are there\?'\) and row 3 \('Where is the speaker\?'.*"
+             r"same question_id '101'")
+    with pytest.raises(InputError, match=twice):
+        read("av-speakerbench", tmp_path / "d")
+    with pytest.raises(InputError, match=twice):
+        read("av-speakerbench", tmp_path / "d", limit=1)  # the clash is found past the limit too
+    for name, text, problem in [
+        ("empty", "", "is empty"),
+        ("header", HAND_CSV.splitlines()[0] + "\n", "has a header but no question rows"),
+        ("garbage", b"\xe2\x28\xa1 \x00\xff", "is not a CSV table"),
+    ]:
+        root = tmp_path / name
+        root.mkdir()
+        (root / "test.csv").write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(InputError, match=rf"{name}/test\.csv' {problem}.*expected root/<split>\.csv"):
+            read("av-speakerbench", root)
+
+
 # ---- AV-Odyssey ----------------------------------------------------------------------
 def _parts_table(root: Path) -> list[dict]:
     return [r for p in sorted(root.glob("av_odyssey_part*.parquet")) for r in pq.read_table(p).to_pylist()]
@@ -351,6 +372,23 @@ def test_odyssey_errors_name_the_missing_piece(tmp_path):
         read("av-odyssey", root, split="train")
 
 
+
+def test_odyssey_refuses_a_question_id_twice_and_garbage_or_empty_files(tmp_path):
+    root = _hand_odyssey(tmp_path / "a")
+    table = pq.read_table(root / "av_odyssey_part1.parquet")
+    pq.write_table(table.slice(2, 1), root / "av_odyssey_part2.parquet")  # 9_2 again, in another part
+    with pytest.raises(InputError, match=r"part1\.parquet' row 3 \('Is \[audio1\] made by \[img1\]\?'\) and "
+                                         r"'.*part2\.parquet' row 1 .*same question_id '9_2'"):
+        read("av-odyssey", root, limit=1)
+    (root / "av_odyssey_part2.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(InputError, match=r"part2\.parquet' is not a readable parquet file.*expected either"):
+        read("av-odyssey", root)
+    pq.write_table(table.slice(0, 0), root / "av_odyssey_part1.parquet")
+    (root / "av_odyssey_part2.parquet").unlink()
+    with pytest.raises(InputError, match=r"part1\.parquet' hold no questions; expected either"):
+        read("av-odyssey", root)
+
+
 # ---- WorldSense ----------------------------------------------------------------------
 def test_worldsense_synthetic_matches_its_json(roots):
     root = roots["worldsense"]
@@ -422,6 +460,26 @@ def test_worldsense_errors_name_the_missing_piece(tmp_path):
         read("worldsense", tmp_path)
     (tmp_path / "worldsense_qa.json").write_text(json.dumps(HAND_QA))
     with pytest.raises(InputError, match=r"videos/vid2\.mp4.*does not exist"):
+        read("worldsense", tmp_path)
+
+
+
+def test_worldsense_refuses_a_key_written_twice(tmp_path):
+    text = json.dumps(HAND_QA)
+    path = tmp_path / "worldsense_qa.json"
+    path.write_text(text[:-1] + ', "vid2": ' + json.dumps(HAND_QA["vid2"]) + "}")  # JSON would keep the last
+    with pytest.raises(InputError, match=r"worldsense_qa\.json': the first \(with tasks \['task0'\]\) and the second "
+                                         r"\(with tasks \['task0'\]\) have the same video id 'vid2'"):
+        read("worldsense", tmp_path, limit=1)
+    path.write_text(text.replace('"task1": ', '"task0": ', 1))
+    with pytest.raises(InputError, match=r"video 'vid_xyz': the first \('Who speaks after the whistle\?'\) and the "
+                                         r"second \('What sound starts the game\?'\) have the same task key 'task0'"):
+        read("worldsense", tmp_path)
+    path.write_text(text.replace('"answer": "D"', '"answer": "D", "answer": "A"', 1))
+    with pytest.raises(InputError, match=r"video 'vid_xyz' task1 has the field 'answer' twice \('D' and 'A'\)"):
+        read("worldsense", tmp_path)
+    path.write_text("{}")
+    with pytest.raises(InputError, match=r"worldsense_qa\.json' holds no videos; expected root/worldsense_qa\.json"):
         read("worldsense", tmp_path)
 
 

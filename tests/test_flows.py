@@ -119,10 +119,27 @@ def test_discard_flow_times_and_scores(omni, av_samples):
 
 
 def test_interleaved_sweep_runs(omni, odyssey_samples):
-    params = KnockoutParams(edges=[["candidates", "reference"], ["reference", "last"], ["incorrect", "last"]],
-                            k=[2], only_correct=False)
+    """In the data set's layout an A->I question names the reference before the candidates, so
+    candidates -> reference has nothing to cut: an error, or, when allowed, NaN records with the
+    reason. In the study's layout the same edge is measured."""
+    import dataclasses
+    import math
+
+    edges = [["candidates", "reference"], ["reference", "last"], ["incorrect", "last"]]
+    with pytest.raises(InputError, match="candidates->reference has nothing to cut"):
+        list(knockout_sweep(omni, odyssey_samples, KnockoutParams(edges=edges, k=[2], only_correct=False)))
+    params = KnockoutParams(edges=edges, k=[2], only_correct=False, allow_empty=True)
     records = pd.DataFrame(knockout_sweep(omni, odyssey_samples, params))
     assert set(records.edge.dropna()) == {"candidates->reference", "reference->last", "incorrect->last"}
+    pairs = records[records.edge == "candidates->reference"]
+    empty = pairs[pairs.n_edges == 0]  # the A->I samples
+    assert len(empty) and empty.dp.isna().all() and empty.empty_reason.str.contains("after").all()
+    assert not pairs[pairs.n_edges > 0].dp.isna().any()
+    assert not records[records.edge == "reference->last"].dp.isna().any()
+    study = [dataclasses.replace(s, layout="study") for s in odyssey_samples]
+    records = pd.DataFrame(knockout_sweep(omni, study, KnockoutParams(edges=edges, k=[2], only_correct=False)))
+    cut = records[records.edge == "candidates->reference"]
+    assert len(cut) and (cut.n_edges > 0).all() and not any(math.isnan(x) for x in cut.dp)
 
 
 def _exp(tmp_path, text: str) -> Path:
@@ -256,3 +273,32 @@ def test_effective_pathway_keeps_the_necessary_edges(omni, av_samples, tmp_path)
     assert 0.0 <= r["fraction_kept"] <= 1.0 and r["n_blocked_windows"] == len(blocked)
     with pytest.raises(InputError, match="no knockout records"):
         necessary(pd.DataFrame([{"condition": "base", "sample_id": "s"}]), 7, 0.1)
+
+
+def test_prepared_samples_hands_a_sample_it_cannot_prepare_to_the_handler(omni, av_samples, tmp_path):
+    import dataclasses
+
+    from avmech.errors import MediaError, ModelError
+    from avmech.flows.common import on_sample_error, prepared_samples
+
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    bad = dataclasses.replace(av_samples[0], video=tmp_path / "bad.mp4", id="bad")
+    unanswered = dataclasses.replace(av_samples[0], answer=None, id="unanswered")
+    samples = [bad, av_samples[1], unanswered]
+    with pytest.raises(MediaError, match="bad.mp4"):
+        list(prepared_samples(omni, samples, "t"))  # no handler: the error stands
+    seen = []
+    with on_sample_error(lambda s, e: seen.append((s.id, type(e)))):
+        prepared = [s.id for s, _ in prepared_samples(omni, samples, "t")]
+    assert prepared == [av_samples[1].id] and seen == [("bad", MediaError), ("unanswered", InputError)]
+
+    def broken_model(s):
+        raise ModelError("the model cannot trace anything")  # not about one sample: never skipped
+
+    omni_prepare = omni.prepare
+    try:
+        omni.prepare = broken_model
+        with on_sample_error(lambda s, e: None), pytest.raises(ModelError):
+            list(prepared_samples(omni, [av_samples[1]], "t"))
+    finally:
+        omni.prepare = omni_prepare

@@ -136,9 +136,13 @@ def test_knockout_of_some_heads(model, prepared):
 
 
 def test_empty_knockout_changes_nothing(model, prepared):
+    """Allowed explicitly, a knockout of no edge is the unchanged model; unasked, it is refused."""
     base = model.run(prepared)
-    got = model.run(prepared, [AttentionKnockout(Group("nothing", ()), "last", "all")])
+    empty = AttentionKnockout(Group("nothing", ()), "last", "all", allow_empty=True)
+    got = model.run(prepared, [empty])
     assert (got.logits - base.logits).abs().max() < ATOL
+    with pytest.raises(InputError, match="selects no position"):
+        model.run(prepared, [AttentionKnockout(Group("nothing", ()), "last", "all")])
 
 
 def test_knocking_out_every_earlier_key_of_last_changes_it(model, prepared):

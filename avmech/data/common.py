@@ -72,6 +72,14 @@ def require(present: Iterable[str], needed: Iterable[str], where: str, layout: s
         raise InputError(f"{where} has no {what}{plural} {', '.join(map(repr, missing))}; expected {layout}")
 
 
+def duplicate_id(field: str, value: Any, first: str, second: str, layout: str) -> InputError:
+    """The refusal of a data set in which two questions share ``field`` (the sample id's source)."""
+    return InputError(
+        f"{first} and {second} have the same {field} {value!r}: a sample's id is made from it, so their records "
+        f"would clash; give one of them another {field} (expected {layout})"
+    )
+
+
 def selected(meta: Mapping[str, Any], select: Mapping[str, Any] | None, where: str) -> bool:
     """Whether ``meta`` passes ``select``: each key's value equals the wanted one, or is in the wanted list.
 

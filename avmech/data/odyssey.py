@@ -33,21 +33,34 @@ also ``meta["direction"]`` (``None`` for other tasks), so
 ``select={"direction": ["A->I", "I->A"]}`` keeps the study's tasks.
 
 Problems with a ``[videoK]`` placeholder are skipped with one warning naming how many
-and their task ids: avmech's items are images and audio clips only.
+and their task ids: avmech's items are images and audio clips only.  A file that is not
+parquet, files without rows, or a ``question_id`` twice (in one file or across parts: a
+sample's id is made from it) is an `InputError` naming the files, rows and the layout.
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import re
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from avmech.data.common import answer_index, check_limit, check_split, require, selected, strip_options, write_once
+from avmech.data.common import (
+    answer_index,
+    check_limit,
+    check_split,
+    duplicate_id,
+    require,
+    selected,
+    strip_options,
+    write_once,
+)
 from avmech.errors import InputError
 from avmech.sample import AVSample, Item
 
@@ -120,15 +133,42 @@ def _rows(root: Path) -> tuple[str, Iterator[dict[str, Any]]]:
     else:
         raise InputError(f"no AV-Odyssey files in '{root}'; expected {LAYOUT}")
     for f in files:
-        require(pq.read_schema(f).names, TEXT_COLUMNS, f"'{f}'", LAYOUT)
+        with _reading(f):
+            require(pq.read_schema(f).names, TEXT_COLUMNS, f"'{f}'", LAYOUT)
+    _check_ids(files)
 
     def rows() -> Iterator[dict[str, Any]]:
         for f in files:
-            for batch in pq.ParquetFile(f).iter_batches(batch_size=64):
-                for row in batch.to_pylist():
-                    yield {**row, "_file": f.name}
+            with _reading(f):
+                for batch in pq.ParquetFile(f).iter_batches(batch_size=64):
+                    for row in batch.to_pylist():
+                        yield {**row, "_file": f.name}
 
     return fmt, rows()
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Turn pyarrow's failure to read ``path`` into an `InputError` naming the file and the layout."""
+    try:
+        yield
+    except (pa.ArrowException, OSError) as e:
+        raise InputError(f"'{path}' is not a readable parquet file ({e}); expected {LAYOUT}") from None
+
+
+def _check_ids(files: list[Path]) -> None:
+    """Every question_id once over all ``files``, and at least one question."""
+    seen: dict[str, str] = {}
+    for f in files:
+        with _reading(f):
+            table = pq.read_table(f, columns=["question_id", "question"])
+        for row, (qid, question) in enumerate(zip(*(table.column(c).to_pylist() for c in table.column_names)), 1):
+            here = f"'{f}' row {row} ({question!r})"
+            if str(qid) in seen:
+                raise duplicate_id("question_id", qid, seen[str(qid)], here, LAYOUT)
+            seen[str(qid)] = here
+    if not seen:
+        raise InputError(f"{', '.join(repr(str(f)) for f in files)} hold no questions; expected {LAYOUT}")
 
 
 def _options(value: Any, where: str) -> list[str]:

@@ -22,7 +22,9 @@ known to ship them; they are carried, not applied).
 ``"visual"`` the silent video, ``"audio"`` the audio track.  A media file that is missing
 but sits inside an ``audiovisual_chunk_*.zip`` in the root (same relative path, or the
 same unique file name) is extracted there when its row is read, so ``limit=`` extracts
-only what it returns.
+only what it returns.  A file that is empty or not a table, without data rows, or with a
+``question_id`` twice (a sample's id is made from it) is an `InputError` naming the file,
+the rows and the layout.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from avmech.data.common import (
     ZippedMedia,
     answer_index,
     check_limit,
+    duplicate_id,
     require,
     selected,
     strip_options,
@@ -82,6 +85,16 @@ def _seconds(text: str, column: str, where: str) -> float | None:
     return sum(p * 60**k for k, p in enumerate(reversed(parts)))
 
 
+def _table(csv: Path) -> pd.DataFrame:
+    """The csv as strings, or an `InputError` naming the file and the layout."""
+    try:
+        return pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InputError(f"'{csv}' is empty; expected {LAYOUT}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(f"'{csv}' is not a CSV table ({type(e).__name__}: {e}); expected {LAYOUT}") from None
+
+
 def read(
     root: str | Path,
     *,
@@ -103,9 +116,17 @@ def read(
     csv = root / f"{split or 'test'}.csv"
     if not csv.is_file():
         raise InputError(f"AV-SpeakerBench file '{csv}' does not exist; expected {LAYOUT}")
-    table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    table = _table(csv)
     path_column = MODALITIES[modality]
     require(table.columns, (*COLUMNS, path_column), f"'{csv}'", LAYOUT)
+    if table.empty:
+        raise InputError(f"'{csv}' has a header but no question rows; expected {LAYOUT}")
+    twice = table["question_id"].duplicated(keep=False)
+    if twice.any():
+        first = table.loc[twice, "question_id"].iloc[0]
+        a, b = (i + 1 for i in table.index[table["question_id"] == first][:2])
+        raise duplicate_id("question_id", first, f"'{csv}' row {a} ({table.at[a - 1, 'question']!r})",
+                           f"row {b} ({table.at[b - 1, 'question']!r}, rows counted from 1 below the header)", LAYOUT)
     times = [c for c in ("start_time", "end_time") if c in table.columns]
     zipped = ZippedMedia(root, ZIP_PATTERN)
     samples: list[AVSample] = []

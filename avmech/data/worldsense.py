@@ -18,6 +18,9 @@ video with its own sound track, the ``"worldsense"`` prompt preset and
 ``meta = {video_id, task, domain, sub_category, duration, audio_class, task_domain, task_type}``.
 A missing ``videos/<video_id>.mp4`` that a ``worldsense_videos*.zip`` in the root holds
 (by that path or by its unique file name) is extracted there when its question is read.
+A key written twice in one object (a video id, or a ``task<k>`` of one video; JSON
+readers would keep the last silently) and a file without questions are an `InputError`
+naming them.
 """
 
 from __future__ import annotations
@@ -28,7 +31,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from avmech.data.common import ZippedMedia, answer_index, check_limit, check_split, require, selected, strip_options
+from avmech.data.common import (
+    ZippedMedia,
+    answer_index,
+    check_limit,
+    check_split,
+    duplicate_id,
+    require,
+    selected,
+    strip_options,
+)
 from avmech.errors import InputError
 from avmech.sample import AVSample
 
@@ -42,6 +54,49 @@ LAYOUT = (
     "and root/videos/<video_id>.mp4"
 )
 _TASK = re.compile(r"task(\d+)")
+
+
+class _Object(dict):
+    """A JSON object that remembers the keys written twice in it (with both values)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]):
+        super().__init__()
+        self.twice: list[tuple[str, Any, Any]] = []
+        for key, value in pairs:
+            if key in self:
+                self.twice.append((key, self[key], value))
+            self[key] = value
+
+
+def _what(value: Any) -> str:
+    """A value written twice, for the message: a task's question, a video's tasks."""
+    if isinstance(value, dict) and "question" in value:
+        return repr(value["question"])
+    if isinstance(value, dict):
+        return f"with tasks {sorted(k for k in value if _TASK.fullmatch(k))}"
+    return repr(value)
+
+
+def _check_twice(obj: _Object, where: str, id_field: str | None = None) -> None:
+    """Refuse an object with a key written twice: an id (``id_field``: a sample's id is made from it) or a field."""
+    if not obj.twice:
+        return
+    key, first, second = obj.twice[0]
+    if id_field == "video id" or (id_field == "task key" and _TASK.fullmatch(key)):
+        raise duplicate_id(id_field, key, f"{where}: the first ({_what(first)})", f"the second ({_what(second)})",
+                           LAYOUT)
+    raise InputError(f"{where} has the field {key!r} twice ({first!r} and {second!r}): keep one; expected {LAYOUT}")
+
+
+def _check_keys(qa: _Object, where: str) -> None:
+    """Refuse a key written twice in the file: a video id, a task key or a field (all videos, not just the read)."""
+    _check_twice(qa, where, "video id")
+    for video_id, video in qa.items():
+        if isinstance(video, _Object):
+            _check_twice(video, f"{where} video {video_id!r}", "task key")
+            for key, task in video.items():
+                if isinstance(task, _Object):
+                    _check_twice(task, f"{where} video {video_id!r} {key}")
 
 
 def read(
@@ -64,11 +119,14 @@ def read(
     if not qa_path.is_file():
         raise InputError(f"WorldSense file '{qa_path}' does not exist; expected {LAYOUT}")
     try:
-        qa = json.loads(qa_path.read_text(encoding="utf-8"))
+        qa = json.loads(qa_path.read_text(encoding="utf-8"), object_pairs_hook=_Object)
     except json.JSONDecodeError as e:
         raise InputError(f"'{qa_path}' is not valid JSON ({e}); expected {LAYOUT}") from e
     if not isinstance(qa, dict):
         raise InputError(f"'{qa_path}' holds a {type(qa).__name__}, not an object keyed by video id; expected {LAYOUT}")
+    if not qa:
+        raise InputError(f"'{qa_path}' holds no videos; expected {LAYOUT}")
+    _check_keys(qa, f"'{qa_path}'")
     zipped = ZippedMedia(root, ZIP_PATTERN)
     samples: list[AVSample] = []
     for video_id, video in qa.items():

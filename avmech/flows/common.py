@@ -5,18 +5,29 @@ samples, runs primitives, and yields one tidy record (a flat dict) per (sample,
 condition) as soon as it is known, skipping the pairs in ``done`` (already on disk from
 an interrupted run). Every record carries ``sample_id``, ``condition`` and the sample's
 task fields, so that figure scripts can split by task without the samples.
+
+Flows get their samples through `prepared_samples`. A sample it cannot prepare (a corrupt
+clip: a `MediaError`, or an `InputError` about that one sample) is an error, unless the
+caller installed a handler with `on_sample_error`: then the handler decides, returning to
+skip the sample or raising to stop (the experiment runner logs skips to
+``skipped.jsonl``; ``--strict`` stops).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
-from avmech.errors import InputError
+from avmech.errors import AVMechError, InputError, MediaError
+from avmech.metrics import dp
 from avmech.sample import AVSample
+from avmech.tokens import check_expression
 
 if TYPE_CHECKING:
     from avmech.interventions.run import RunResult
@@ -63,27 +74,53 @@ def sample_fields(s: AVSample) -> dict[str, Any]:
 
 
 def answer_fields(r: RunResult, base: RunResult | None = None) -> dict[str, Any]:
-    """p_correct, prediction and correctness; with a base run, also ``p_base`` and ``dp``."""
-    out = {"p_correct": r.p_correct, "pred": r.pred, "correct": bool(r.correct)}
+    """p_correct, prediction and correctness; with a base run, also ``p_base`` and ``dp``.
+
+    A run with non-finite logits is flagged (``finite`` false): no prediction, not
+    correct, and NaN probabilities that every summary counts as excluded."""
+    out = {"p_correct": r.p_correct, "pred": r.pred, "correct": bool(r.correct), "finite": r.finite}
     if base is not None:
         out["p_base"] = base.p_correct
         out["correct_base"] = bool(base.correct)
-        out["dp"] = (r.p_correct - base.p_correct) / base.p_correct
+        out["finite"] = r.finite and base.finite
+        out["dp"] = dp(r, base)
     return out
 
 
+SampleErrorHandler = Callable[[AVSample, AVMechError], None]
+_ON_SAMPLE_ERROR: contextvars.ContextVar[SampleErrorHandler | None] = contextvars.ContextVar(
+    "avmech_on_sample_error", default=None)
+
+
+@contextlib.contextmanager
+def on_sample_error(handler: SampleErrorHandler) -> Iterator[None]:
+    """Inside the block, `prepared_samples` hands a sample it cannot prepare to ``handler(sample, error)``:
+    returning skips the sample, raising stops the flow."""
+    token = _ON_SAMPLE_ERROR.set(handler)
+    try:
+        yield
+    finally:
+        _ON_SAMPLE_ERROR.reset(token)
+
+
 def prepared_samples(m: AVModel, samples: Iterable[AVSample], desc: str) -> Iterator[tuple[AVSample, Prepared]]:
-    """Prepare each sample, with a progress bar (rate and time left)."""
+    """Prepare each sample, with a progress bar (rate and time left); see `on_sample_error` for failures."""
     samples = list(samples)
     for s in tqdm(samples, desc=desc, unit="sample", dynamic_ncols=True):
-        if not s.options or s.answer is None:
-            raise InputError(f"sample {s.id!r} has no options/answer: flows score the correct option letter")
-        yield s, m.prepare(s)
+        try:
+            if not s.options or s.answer is None:
+                raise InputError(f"sample {s.id!r} has no options/answer: flows score the correct option letter")
+            p = m.prepare(s)
+        except (MediaError, InputError) as e:
+            handler = _ON_SAMPLE_ERROR.get()
+            if handler is None:
+                raise
+            handler(s, e)
+            continue
+        yield s, p
 
 
 def has_group(p: Prepared, spec: str) -> bool:
-    """Whether a group exists (non-empty) in this sample: edges over absent groups are skipped."""
-    try:
-        return len(p.tokens.group(spec)) > 0
-    except InputError:
-        return False
+    """Whether a group is present (non-empty) in this sample; an unknown name or a malformed
+    expression is an error, never an absent group."""
+    return len(p.tokens.group(check_expression(spec))) > 0

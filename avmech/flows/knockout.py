@@ -17,14 +17,17 @@ candidates -> reference, correct vs incorrect options -> last (`STUDY_EDGES`).
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from avmech.flows.common import answer_fields, has_group, prepared_samples, sample_fields, windows
+from avmech.errors import InputError
+from avmech.flows.common import answer_fields, prepared_samples, sample_fields, windows
 from avmech.interventions.knockout import AttentionKnockout, EdgeKnockout, group_edges
 from avmech.sample import AVSample
+from avmech.tokens import check_expression
 
 if TYPE_CHECKING:
     from avmech.models.base import AVModel, Prepared
@@ -48,6 +51,23 @@ class Edge(BaseModel):
     src: str
     dst: str
 
+    @field_validator("src", "dst")
+    @classmethod
+    def _grammar(cls, value: str) -> str:
+        try:
+            return check_expression(value)
+        except InputError as e:
+            raise ValueError(str(e)) from None
+
+    def count(self, p: Prepared) -> tuple[int, str]:
+        """How many causal edges it has in ``p``, and, when none, why."""
+        src, dst = p.tokens.group(self.src), p.tokens.group(self.dst)
+        for name, g in (("src", src), ("dst", dst)):
+            if not len(g):
+                return 0, f"{name} {g.name!r} is absent from this sample"
+        n = len(group_edges(src.tensor(), dst.tensor())[0])
+        return n, "" if n else f"every {self.src!r} position comes after every {self.dst!r} position"
+
     @property
     def label(self) -> str:
         return f"{self.src}->{self.dst}"
@@ -62,6 +82,8 @@ class KnockoutParams(BaseModel):
     only_correct: bool = True
     random_control: bool = False
     seed: int = 0
+    allow_empty: bool = Field(default=False, description=(
+        "record an edge with nothing to cut in a sample (n_edges = 0, dp = NaN, empty_reason) instead of stopping"))
 
     @field_validator("edges", mode="before")
     @classmethod
@@ -102,9 +124,12 @@ def knockout_sweep(
         if params.only_correct and not base.correct:
             continue
         for edge in params.edges:
-            if not (has_group(p, edge.src) and has_group(p, edge.dst)):
-                continue
-            n_edges = len(group_edges(p.tokens.positions(edge.src), p.tokens.positions(edge.dst))[0])
+            n_edges, reason = edge.count(p)
+            if not n_edges and not params.allow_empty:
+                raise InputError(
+                    f"sample {fields['sample_id']!r}: the edge {edge.label} has nothing to cut ({reason}); set "
+                    "allow_empty = true in the sweep's params to record such conditions as NaN, or drop the edge"
+                )
             for k in params.k:
                 wins = windows(m.n_layers, k)
                 conds, meta = [], []
@@ -112,16 +137,23 @@ def knockout_sweep(
                     kinds = ["edge", "random"] if params.random_control else ["edge"]
                     for kind in kinds:
                         cond = f"{edge.label}|k={k}|c={w.centre}|{kind}"
-                        if kind == "random":  # drawn even when done, so the rng stream is stable
-                            prim = EdgeKnockout(random_pairs(p, edge, rng), w.layers)
+                        info = {"condition": cond, "edge": edge.label, "src": edge.src, "dst": edge.dst,
+                                "k": k, "centre": w.centre, "start": w.start, "stop": w.stop,
+                                "control": kind, "n_edges": n_edges}
+                        why = reason
+                        if kind == "random" and n_edges:  # drawn even when done, so the rng stream is stable
+                            pairs = random_pairs(p, edge, rng)
+                            info["n_edges"] = len(pairs)
+                            why = "no key outside the source group to draw random edges from"
+                            prim = EdgeKnockout(pairs, w.layers) if pairs else None
                         else:
-                            prim = AttentionKnockout(edge.src, edge.dst, w.layers)
+                            prim = AttentionKnockout(edge.src, edge.dst, w.layers) if n_edges else None
                         if (fields["sample_id"], cond) in done:
                             continue
+                        if prim is None:
+                            yield {**fields, **info, "p_base": base.p_correct, "dp": math.nan, "empty_reason": why}
+                            continue
                         conds.append([prim])
-                        meta.append({"condition": cond, "edge": edge.label, "src": edge.src, "dst": edge.dst,
-                                     "k": k, "centre": w.centre, "start": w.start, "stop": w.stop,
-                                     "control": kind, "n_edges": n_edges})
+                        meta.append(info)
                 for info, r in zip(meta, m.run_many(p, conds)):
                     yield {**fields, **info, **answer_fields(r, base)}
-

@@ -85,6 +85,15 @@ class Intervention:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         # Explicit super(): a remote request rebuilds this method from its source, without the class cell.
         super(Intervention, cls).__init_subclass__(**kwargs)
+        own = cls.__dict__.get("__post_init__")
+        if not getattr(own, "checks_fields", False):
+            def __post_init__(self) -> None:  # typed fields first, then the class's own checks
+                _check_fields(self)
+                if own is not None:
+                    own(self)
+
+            __post_init__.checks_fields = True
+            cls.__post_init__ = __post_init__
         if "__dataclass_fields__" not in cls.__dict__:
             dataclass(frozen=True)(cls)
 
@@ -100,6 +109,19 @@ class Intervention:
 
     def replace(self, **changes: Any) -> Intervention:
         return dataclasses.replace(self, **changes)
+
+
+_PLAIN = {"int": int, "float": (int, float), "bool": bool, "str": str}
+
+
+def _check_fields(i: Intervention) -> None:
+    """Fields annotated as a plain ``int``, ``float``, ``bool`` or ``str`` hold one (a bool is no int)."""
+    for f in dataclasses.fields(i):
+        hint = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        want = _PLAIN.get(hint)
+        value = getattr(i, f.name)
+        if want is not None and (not isinstance(value, want) or (hint != "bool" and isinstance(value, bool))):
+            raise InputError(f"{type(i).__name__}.{f.name} = {value!r} is not {hint}: give {f.name} as {hint}")
 
 
 LayerSpec = int | range | list[int] | tuple[int, ...] | str
@@ -169,9 +191,14 @@ class RunContext:
 
     # ---- sites --------------------------------------------------------------------------
     def layer(self, layer: int):
+        """Decoder layer ``layer`` of the traced model (an nnsight envoy)."""
+        if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.n_layers:
+            raise InputError(f"layer {layer!r} is outside this model's layers 0..{self.n_layers - 1}")
         return self.nn.llm.layers[layer]
 
-    def read(self, site: Site) -> Float[torch.Tensor, "batch pos d_model"]:
+    def read(self, site: Site | str) -> Float[torch.Tensor, "batch pos d_model"]:
+        """The activation at ``site`` (a `Site` or its name, e.g. ``"resid_post.1"``)."""
+        site = Site.parse(site)
         layer = self.layer(site.layer)
         if site.kind == "resid_pre":
             return layer.input
@@ -183,7 +210,9 @@ class RunContext:
             return layer.mlp.output
         return self.head_output(site.layer, site.head)
 
-    def write(self, site: Site, value: Float[torch.Tensor, "batch pos d_model"]) -> None:
+    def write(self, site: Site | str, value: Float[torch.Tensor, "batch pos d_model"]) -> None:
+        """Replace the activation at ``site`` by ``value`` (same shape)."""
+        site = Site.parse(site)
         layer = self.layer(site.layer)
         if site.kind == "resid_pre":
             layer.input = value
@@ -194,6 +223,7 @@ class RunContext:
         elif site.kind == "mlp_out":
             layer.mlp.output = value
         else:
+            self._check_head(site.head)
             hd = self.m.head_dim
             merged = layer.self_attn.o_proj.input.clone()
             merged[..., site.head * hd:(site.head + 1) * hd] = value
@@ -201,8 +231,13 @@ class RunContext:
 
     def head_output(self, layer: int, head: int) -> Float[torch.Tensor, "batch pos d_head"]:
         """Head ``head``'s output in ``layer``: a view into o_proj's input, editable in place."""
+        self._check_head(head)
         hd = self.m.head_dim
         return self.layer(layer).self_attn.o_proj.input[..., head * hd:(head + 1) * hd]
+
+    def _check_head(self, head: int) -> None:
+        if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < self.m.n_heads:
+            raise InputError(f"head {head!r} is outside this model's heads 0..{self.m.n_heads - 1}")
 
     # ---- checks ------------------------------------------------------------------------
     def check_layers(self, layers: tuple[int, ...] | str, what: str, lo: int = 0) -> tuple[int, ...]:
@@ -220,9 +255,10 @@ class RunContext:
             raise InputError(f"{what}: head {site.head} is outside 0..{self.m.n_heads - 1}")
 
     def require_masks(self, what: str) -> None:
+        """Refuse kernels that ignore explicit masks, as the decoder layers themselves run them."""
         impl = self.m.attn_implementation
         if impl not in ("eager", "sdpa"):
             raise ModelError(
-                f"{what} edits the attention mask, which the {impl!r} kernel ignores: load the model with "
-                "attn_implementation='sdpa' or 'eager'"
+                f"{what} edits the attention mask, which the {impl!r} kernel of the decoder layers ignores: load "
+                "the model with attn_implementation='sdpa' or 'eager'"
             )

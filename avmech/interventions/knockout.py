@@ -43,7 +43,8 @@ def group_edges(src: torch.Tensor, dst: torch.Tensor) -> tuple[torch.Tensor, tor
 
 
 class Knockout(Intervention):
-    """What every knockout shares: a set of (query, key) edges blocked in ``layers``.
+    """What every knockout shares: a set of (query, key) edges blocked in ``layers``, and
+    the refusal to cut nothing unless ``allow_empty`` (a field of each subclass).
 
     A subclass says which edges (`pairs`); `apply` blocks them in each layer of the
     window, on the positions still present there, and the sweep engine
@@ -58,17 +59,31 @@ class Knockout(Intervention):
 
     def apply(self, ctx: RunContext) -> None:
         q, k = self.pairs(ctx)
-        for layer in ctx.check_layers(self.layers, type(self).__name__):
+        for layer in ctx.check_layers(self.layers, type(self).__name__):  # `check` made sure some layer cuts
             alive = ctx.alive(layer)
             live = torch.isin(q, alive) & torch.isin(k, alive)
             if live.any():
                 block(ctx, layer, (ctx.local(q[live], layer), ctx.local(k[live], layer)), getattr(self, "heads", None))
 
-    def _check_rows(self, ctx: RunContext) -> None:
-        """A query whose every visible key (0..q) is blocked has no defined attention."""
+    def edges_per_layer(self, ctx: RunContext) -> dict[int, int]:
+        """How many distinct (query, key) edges the knockout cuts in each of its layers, on the
+        positions still present there (a `TokenDrop` before a layer removes its edges)."""
         q, k = self.pairs(ctx)
-        if not len(q):
-            return
+        out = {}
+        for layer in ctx.check_layers(self.layers, type(self).__name__):
+            alive = ctx.alive(layer)
+            live = torch.isin(q, alive) & torch.isin(k, alive)
+            out[layer] = len(torch.unique(q[live] * ctx.n + k[live]))
+        return out
+
+    def _check_cuts(self, ctx: RunContext, what: str) -> None:
+        """A knockout must cut something (unless ``allow_empty``), and leave every query row some key."""
+        if not self.allow_empty and not any(self.edges_per_layer(ctx).values()):
+            raise InputError(
+                f"{self!r} cuts no attention edge in this sample: {what}; a knockout that cuts nothing would "
+                "read as 'no effect' (pass allow_empty=True where an empty condition is meant)"
+            )
+        q, k = self.pairs(ctx)
         edges = torch.unique(q * ctx.n + k)  # distinct (query, key) pairs, as one number each
         per_row = torch.bincount(edges // ctx.n, minlength=ctx.n)
         starved = torch.nonzero(per_row == torch.arange(len(per_row)) + 1).flatten()  # keys 0..q all blocked
@@ -80,12 +95,17 @@ class Knockout(Intervention):
 
 
 class AttentionKnockout(Knockout):
-    """Block attention from ``dst`` queries to ``src`` keys in ``layers`` (all heads, or ``heads``)."""
+    """Block attention from ``dst`` queries to ``src`` keys in ``layers`` (all heads, or ``heads``).
+
+    A knockout that would cut no edge in a sample (a group the sample lacks, no ``src``
+    position at or before a ``dst`` one) is refused, unless ``allow_empty``: then it runs
+    as the unchanged model, and says so through `edges_per_layer`."""
 
     src: GroupSpec
     dst: GroupSpec
     layers: int | range | tuple[int, ...] | list[int]
     heads: tuple[int, ...] | None = None
+    allow_empty: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", layer_list(self.layers))
@@ -102,8 +122,14 @@ class AttentionKnockout(Knockout):
         ctx.check_layers(self.layers, "AttentionKnockout")
         if self.heads is not None and not all(0 <= h < ctx.m.n_heads for h in self.heads):
             raise InputError(f"AttentionKnockout heads {self.heads} outside 0..{ctx.m.n_heads - 1}")
-        ctx.tokens.nonempty(self.dst, "AttentionKnockout dst")
-        self._check_rows(ctx)
+        if self.allow_empty:
+            self._check_cuts(ctx, "")
+            return
+        src = ctx.tokens.nonempty(self.src, "AttentionKnockout src")
+        dst = ctx.tokens.nonempty(self.dst, "AttentionKnockout dst")
+        self._check_cuts(ctx, f"src {src.name!r} (positions {src.positions[0]}..{src.positions[-1]}) has no position "
+                              f"at or before any of dst {dst.name!r} (positions {dst.positions[0]}..{dst.positions[-1]}) "
+                              "still present in its layers")
 
 
 class EdgeKnockout(Knockout):
@@ -112,12 +138,16 @@ class EdgeKnockout(Knockout):
 
     edges: tuple[tuple[int, int], ...]
     layers: int | range | tuple[int, ...] | list[int]
+    allow_empty: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "layers", layer_list(self.layers))
         object.__setattr__(self, "edges", tuple((int(q), int(k)) for q, k in self.edges))
         if any(k > q for q, k in self.edges):
             raise InputError("EdgeKnockout edges are (query, key) with key <= query (attention is causal)")
+        if any(k < 0 for _, k in self.edges):
+            raise InputError("EdgeKnockout edges are (query, key) positions counted from 0: negative positions "
+                             "would wrap around; give positions from p.tokens")
 
     def pairs(self, ctx: RunContext) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.edges:
@@ -130,7 +160,7 @@ class EdgeKnockout(Knockout):
         ctx.check_layers(self.layers, "EdgeKnockout")
         if self.edges and max(q for q, _ in self.edges) >= ctx.n:
             raise InputError(f"EdgeKnockout edges reach beyond the sample's {ctx.n} positions")
-        self._check_rows(ctx)
+        self._check_cuts(ctx, "it has no edge, or its edges' positions were dropped before its layers")
 
 
 def block(ctx: RunContext, layer: int, index: tuple[torch.Tensor, torch.Tensor], heads: tuple[int, ...] | None) -> None:

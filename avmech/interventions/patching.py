@@ -101,11 +101,21 @@ class ActivationPatch(Intervention):
         ctx.check_site(self.site, "ActivationPatch")
         group = ctx.tokens.nonempty(self.positions, "ActivationPatch positions")
         values = self.source.tensor if isinstance(self.source, _Values) else None
-        if values is not None and values.shape[0] != len(group):
+        if values is None:
+            return
+        width = ctx.m.head_dim if self.site.kind == "head_out" else ctx.m.d_model
+        if values.dim() != 2 or values.shape[1] != width:
+            raise InputError(
+                f"ActivationPatch: the source is shaped {tuple(values.shape)}, but {self.site} takes [positions, "
+                f"{width}]: capture the same site of this model"
+            )
+        if values.shape[0] != len(group):
             raise InputError(
                 f"ActivationPatch: the source has {values.shape[0]} positions for {len(group)} in "
                 f"{group.name!r}: patch groups of equal size (source_positions= names the source's group)"
             )
+        if not torch.isfinite(values).all():
+            raise InputError("ActivationPatch: the source holds NaN or infinite values")
 
     def apply(self, ctx: RunContext) -> None:
         idx = ctx.local(ctx.positions(self.positions), self.site.layer)

@@ -60,6 +60,12 @@ class RunResult:
         raise KeyError(f"{key!r} was not part of this run")
 
     @property
+    def finite(self) -> bool:
+        """Whether the logits are all finite: a NaN or inf (an edit gone wrong, an overflow)
+        leaves the run without a prediction, never an argmax of NaNs."""
+        return bool(torch.isfinite(self.logits).all())
+
+    @property
     def probs(self) -> Float[torch.Tensor, " d_vocab"]:
         return torch.softmax(self.logits.float(), dim=-1)
 
@@ -70,21 +76,21 @@ class RunResult:
 
     @property
     def p_correct(self) -> float:
-        """Probability of the correct option's letter."""
+        """Probability of the correct option's letter (NaN when the logits are not finite)."""
         if self.answer is None:
             raise ValueError("this sample has no answer: p_correct is undefined")
-        return float(self.letter_probs[self.answer])
+        return float(self.letter_probs[self.answer]) if self.finite else float("nan")
 
     @property
-    def pred(self) -> int:
-        """Index of the option whose letter has the highest logit."""
+    def pred(self) -> int | None:
+        """Index of the option whose letter has the highest logit; None when the logits are not finite."""
         if not self.answer_ids:
             raise ValueError("this sample has no options")
-        return int(torch.argmax(self.logits[list(self.answer_ids)]))
+        return int(torch.argmax(self.logits[list(self.answer_ids)])) if self.finite else None
 
     @property
     def correct(self) -> bool:
-        return self.answer is not None and self.pred == self.answer
+        return self.answer is not None and self.pred is not None and self.pred == self.answer
 
 
 def _llm_inputs(m: AVModel, p: Prepared, cache: Cache | None = None) -> dict[str, Any]:

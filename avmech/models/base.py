@@ -170,7 +170,11 @@ class AVModel:
 
     @property
     def attn_implementation(self) -> str:
-        return self.hf.config._attn_implementation or "eager"
+        """The attention kernel the decoder layers run, read from each layer's own config (a
+        kernel set on the text config alone is what runs; "mixed(...)" if they differ)."""
+        kinds = {(getattr(layer.self_attn, "config", None) or self.hf.config)._attn_implementation or "eager"
+                 for layer in self.llm_module.layers}
+        return kinds.pop() if len(kinds) == 1 else f"mixed({', '.join(sorted(kinds))})"
 
     @property
     def cache_kwarg(self) -> str:

@@ -36,7 +36,9 @@ from torchvision.transforms.functional import InterpolationMode, resize
 from avmech import media
 from avmech.errors import InputError, ModelError
 from avmech.models.base import AVModel, Prepared
-from avmech.prompt import Built, Part, PromptBuilder, Slot, chat_parts, check_text, conversation, render, user_parts
+from avmech.prompt import (
+    Built, Part, PromptBuilder, Slot, chat_parts, check_text, conversation, item_slots, render, user_parts,
+)
 from avmech.sample import AVSample, Item
 
 # What the released chat template writes when a conversation has no system message. The
@@ -124,7 +126,7 @@ class OmniModel(AVModel):
         pol = self.policy
         image = item.image()
         h, w = _smart_resize(*image.shape[:2], 28, pol["image_min_pixels"], pol["image_max_pixels"])
-        return np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
+        return np.array(Image.fromarray(image).resize((w, h), Image.Resampling.BICUBIC))
 
     def _audio(self, source, sample_rate: int | None, what: str) -> np.ndarray:
         wave = media.load_wave(source, sample_rate, recipe="librosa")  # qwen-omni-utils: librosa.load
@@ -184,10 +186,11 @@ class OmniModel(AVModel):
                 call.update(load_audio_from_video=True, audio_from_video_indices=[0])
         elif s.audio is not None:
             audios.append(self._audio(s.audio, s.sample_rate, "the audio"))
-        for it in s.question_parts():
-            if isinstance(it, Item) and it.kind == "audio":
-                audios.append(self._audio(it.data, it.sample_rate, f"audio item {it.tag}"))
-        images = [self._image(it) for it in s.question_parts() if isinstance(it, Item) and it.kind == "image"]
+        parts = self.parts(s, video_audio)
+        check_text(parts, self.tokenizer)
+        items = [s.items[slot.item] for slot in item_slots(parts)]  # in prompt order
+        audios += [self._audio(it.data, it.sample_rate, f"audio item {it.tag}") for it in items if it.kind == "audio"]
+        images = [self._image(it) for it in items if it.kind == "image"]
         if images:
             pol = self.policy
             call["images"] = images
@@ -195,8 +198,6 @@ class OmniModel(AVModel):
         if audios:
             call["audio"] = audios
 
-        parts = self.parts(s, video_audio)
-        check_text(parts, self.tokenizer)
         text = render(parts, self._placeholder)
         out = self.processor(text=text, return_tensors="pt", **call)
         built = self._build(s, parts, out)

@@ -56,8 +56,8 @@ from avmech.models.base import MEDIA_POLICY_FILE, AVModel, Prepared
 from avmech.models.salmonn_checkpoint import read_released, write_released
 from avmech.models.salmonn_inputs import Block, MediaPolicy, audio_per_step, check_position_mode, position_ids
 from avmech.models.salmonn_modeling import CHUNK_SECONDS, SalmonnProcessor, VideoSalmonn2Plus
-from avmech.prompt import PromptBuilder, Slot, chat_parts, render, user_parts
-from avmech.sample import AVSample, Item
+from avmech.prompt import Part, PromptBuilder, Slot, chat_parts, check_text, item_slots, render, user_parts
+from avmech.sample import AVSample
 
 DEFAULT_SYSTEM = "You are a helpful assistant."
 MEDIA_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "input_features")
@@ -126,8 +126,8 @@ class SalmonnModel(AVModel):
         times = (windows // per_chunk) * CHUNK_SECONDS + (windows % per_chunk) * cfg.second_stride
         return AudioClip(torch.stack(chunks), times, duration)
 
-    def _media(self, s: AVSample) -> tuple[dict[str, Any], list[AudioClip], float | None]:
-        """Processor outputs for the sample's media, its audio clips in prompt order, and spg."""
+    def _media(self, s: AVSample, parts: list[Part]) -> tuple[dict[str, Any], list[AudioClip], float | None]:
+        """Processor outputs for the media of ``parts``, the audio clips in prompt order, and spg."""
         out: dict[str, Any] = {}
         clips: list[AudioClip] = []
         spg = None
@@ -146,11 +146,12 @@ class SalmonnModel(AVModel):
         if s.audio is not None:
             clips.append(self._audio(s.audio, s.sample_rate, "the audio"))
         images = []
-        for part in s.question_parts():
-            if isinstance(part, Item) and part.kind == "audio":
-                clips.append(self._audio(part.data, part.sample_rate, f"audio item {part.tag}"))
-            elif isinstance(part, Item):
-                images.append(part.image())
+        for slot in item_slots(parts):  # in prompt order
+            it = s.items[slot.item]
+            if it.kind == "audio":
+                clips.append(self._audio(it.data, it.sample_rate, f"audio item {it.tag}"))
+            else:
+                images.append(it.image())
         if images:
             size = {"shortest_edge": self.policy.image_min_pixels, "longest_edge": self.policy.image_max_pixels}
             out.update(self.processor.image_processor(images=images, size=size, return_tensors="pt"))
@@ -209,7 +210,9 @@ class SalmonnModel(AVModel):
         if not isinstance(s, AVSample):
             raise InputError(f"prepare takes an avmech.AVSample, got {type(s).__name__}")
         mode = check_position_mode(position_mode or self.position_mode)
-        out, clips, spg = self._media(s)
+        parts = self._parts(s)
+        check_text(parts, self.tokenizer)
+        out, clips, spg = self._media(s, parts)
         clips, images, items = iter(clips), iter(out.get("image_grid_thw", [])), list(s.items)
         blocks: list[tuple[int, Block]] = []  # (the part holding its first token, the block)
 
@@ -223,11 +226,9 @@ class SalmonnModel(AVModel):
             else:
                 blocks.append(self._audio_block(b, next(clips), **tag))
 
-        lead = Slot("video") if s.video is not None else Slot("audio") if s.audio is not None else None
-        system = s.system if s.system is not None else DEFAULT_SYSTEM
         b = PromptBuilder(self.tokenizer, {"video": self.token_ids["video"], "image": self.token_ids["image"],
                                           "audio": self.token_ids["audio"], "audio_pad": self.token_ids["audio"]})
-        b.add(chat_parts(system, user_parts(s, lead, after_lead="\n")), expand)
+        b.add(parts, expand)
         built = b.build(s)
         ids = built.ids
         self.check_length(ids.shape[1])
@@ -235,13 +236,14 @@ class SalmonnModel(AVModel):
         inputs = {k: v for k, v in out.items() if k in MEDIA_KEYS}
         inputs.update(input_ids=ids, attention_mask=torch.ones_like(ids),
                       position_ids=position_ids(ids.shape[1], placed, mode))
-        return Prepared(sample=s, inputs=inputs, tokens=built.tokens, text=self._text(s, system),
-                        answer_ids=built.answer_ids)
+        return Prepared(sample=s, inputs=inputs, tokens=built.tokens, answer_ids=built.answer_ids,
+                        text=render(parts, lambda slot: f"<{slot.kind}>"))
 
-    def _text(self, s: AVSample, system: str) -> str:
-        """The prompt as the released conversation writes it, media as ``<video>``/``<audio>``/``<image>``."""
+    def _parts(self, s: AVSample) -> list[Part]:
+        """ChatML turns; the clip's block comes first, then a line break, as the released prompts have it."""
         lead = Slot("video") if s.video is not None else Slot("audio") if s.audio is not None else None
-        return render(chat_parts(system, user_parts(s, lead, after_lead="\n")), lambda slot: f"<{slot.kind}>")
+        system = s.system if s.system is not None else DEFAULT_SYSTEM
+        return chat_parts(system, user_parts(s, lead, after_lead="\n"))
 
     # ---- encoders and checkpoints -------------------------------------------------------
     def encode_media(self, p: Prepared) -> Float[torch.Tensor, "batch pos d_model"]:
