@@ -161,3 +161,19 @@ def test_a_mask_ignoring_kernel_on_the_text_config_alone_is_refused(clip):
     assert m.hf.config._attn_implementation == "sdpa"
     with pytest.raises(ModelError, match="'flash_attention_2' kernel of the decoder layers ignores"):
         m.run(p, [AttentionKnockout("audio", "last", [1])])
+
+
+@pytest.mark.parametrize("params, field", [
+    ("edges = [['audoi', 'question']]", "params.edges.0.src"),
+    ("edges = [['audio', 'question |']]", "params.edges.0.dst"),
+])
+def test_a_typo_in_an_experiment_group_stops_the_run_naming_the_field(tmp_path, params, field):
+    from typer.testing import CliRunner
+
+    from avmech.cli import app
+
+    path = tmp_path / "typo.toml"
+    path.write_text(f"name = 'typo'\nflow = 'knockout_sweep'\n[data]\ndataset = 'av-speakerbench'\n[params]\n{params}\n")
+    result = CliRunner().invoke(app, ["run", str(path), "--results", str(tmp_path / "results")])
+    assert result.exit_code == 2 and field in result.output
+    assert not (tmp_path / "results").exists()

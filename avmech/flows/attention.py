@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float
 from pydantic import BaseModel, ConfigDict, Field
 
-from avmech.flows.common import answer_fields, has_group, prepared_samples, sample_fields
+from avmech.flows.common import GroupExpr, answer_fields, has_group, prepared_samples, sample_fields
 from avmech.interventions.attention import AttentionRead
 from avmech.interventions.base import Intervention, RunContext
 from avmech.interventions.knockout import AttentionKnockout
@@ -47,8 +47,8 @@ class AttentionParams(BaseModel):
     """Key groups to read, query groups to read them from, and the sink threshold."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    key_groups: list[str] = Field(default=["system", "video", "audio", "image", "question", "options"])
-    queries: list[str] = Field(default=["last", "question"])
+    key_groups: list[GroupExpr] = Field(default=["system", "video", "audio", "image", "question", "options"])
+    queries: list[GroupExpr] = Field(default=["last", "question"])
     sink_z: float = 6.0
     only_correct: bool = False
 

@@ -20,8 +20,9 @@ import contextvars
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Annotated, Any, Iterable, Iterator
 
+from pydantic import AfterValidator
 from tqdm.auto import tqdm
 
 from avmech.errors import AVMechError, InputError, MediaError
@@ -118,6 +119,17 @@ def prepared_samples(m: AVModel, samples: Iterable[AVSample], desc: str) -> Iter
             handler(s, e)
             continue
         yield s, p
+
+
+def _grammar(expr: str) -> str:
+    try:
+        return check_expression(expr)
+    except InputError as e:
+        raise ValueError(str(e)) from None
+
+
+# A group expression in a flow's parameters, checked against the grammar when the file loads.
+GroupExpr = Annotated[str, AfterValidator(_grammar)]
 
 
 def has_group(p: Prepared, spec: str) -> bool:

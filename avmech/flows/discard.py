@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from avmech.flows.common import answer_fields, has_group, prepared_samples, sample_fields
+from avmech.flows.common import GroupExpr, answer_fields, has_group, prepared_samples, sample_fields
 from avmech.interventions.drop import TokenDrop
 from avmech.sample import AVSample
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 class Drop(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
-    group: str
+    group: GroupExpr
     after: float  # a layer index, or a fraction of depth when 0 < after < 1
 
     def layer(self, n_layers: int) -> int:

@@ -24,10 +24,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from avmech.errors import InputError
-from avmech.flows.common import answer_fields, prepared_samples, sample_fields, windows
+from avmech.flows.common import GroupExpr, answer_fields, prepared_samples, sample_fields, windows
 from avmech.interventions.knockout import AttentionKnockout, EdgeKnockout, group_edges
 from avmech.sample import AVSample
-from avmech.tokens import check_expression
 
 if TYPE_CHECKING:
     from avmech.models.base import AVModel, Prepared
@@ -48,16 +47,8 @@ class Edge(BaseModel):
     """An attention edge family: keys in ``src``, queries in ``dst`` (TokenMap group expressions)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    src: str
-    dst: str
-
-    @field_validator("src", "dst")
-    @classmethod
-    def _grammar(cls, value: str) -> str:
-        try:
-            return check_expression(value)
-        except InputError as e:
-            raise ValueError(str(e)) from None
+    src: GroupExpr
+    dst: GroupExpr
 
     def count(self, p: Prepared) -> tuple[int, str]:
         """How many causal edges it has in ``p``, and, when none, why."""
