@@ -68,11 +68,11 @@ Part = Text | Slot
 
 
 def user_parts(s: AVSample, lead: Slot | None = None, after_lead: str = "") -> list[Part]:
-    """The user turn of ``s``: its own clip (``lead``, then ``after_lead``), the benchmark's
-    preamble, the question with its items (at their tags, or in the study's order, see
+    """The user turn of ``s``: the benchmark's intro, its own clip (``lead``, then
+    ``after_lead``), the benchmark's preamble, the question with its items (at their tags, or in the study's order, see
     ``AVSample.layout``), the option lines and the suffix."""
     fmt = s.format
-    out: list[Part] = []
+    out: list[Part] = [Text(fmt.intro, "instruction")]
     if lead is not None:
         out.append(lead)
         if after_lead:

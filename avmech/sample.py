@@ -71,10 +71,12 @@ class Item:
 class PromptFormat:
     """How the question and its options are written into the user turn.
 
-    The text is ``preamble + question + sep + option lines + suffix``; option ``i`` is
-    written ``option_template.format(letter=..., text=...)``.
+    The turn is ``intro + <the clip> + preamble + question + sep + option lines + suffix``
+    (``intro`` comes before the media, as WorldSense's official prompt has it); option ``i``
+    is written ``option_template.format(letter=..., text=...)``.
     """
 
+    intro: str = ""
     preamble: str = ""
     question_prefix: str = ""
     sep: str = "\n"
@@ -97,6 +99,10 @@ PROMPT_FORMATS: dict[str, PromptFormat] = {
         suffix="\nAnswer with the option's letter from the given choices directly.",
     ),
     "worldsense": PromptFormat(
+        intro=(
+            "Carefully watch this video and pay attention to every detail. Based on your observations, "
+            "select the best option that accurately addresses the question."
+        ),
         preamble=(
             "These are the frames of a video and the corresponding audio. Select the best "
             "answer to the following multiple-choice question based on the video. Respond "

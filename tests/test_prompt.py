@@ -76,7 +76,8 @@ def prompt_formats(draw) -> PromptFormat:
     base = PROMPT_FORMATS[draw(st.sampled_from(sorted(PROMPT_FORMATS)))]
     if draw(st.booleans()):
         return base
-    return PromptFormat(preamble=draw(TEXT), question_prefix=draw(st.sampled_from(["", "Question: ", draw(TEXT)])),
+    return PromptFormat(intro=draw(st.sampled_from(["", draw(TEXT)])), preamble=draw(TEXT),
+                        question_prefix=draw(st.sampled_from(["", "Question: ", draw(TEXT)])),
                         option_template=base.option_template, suffix=draw(TEXT))
 
 
@@ -149,6 +150,19 @@ def test_the_study_layout_puts_candidates_question_reference_options_in_order(fa
     edge = avmech.flows.knockout.Edge(src="candidates", dst="reference")
     assert edge.count(dataset)[0] == 0 and edge.count(study)[0] > 0
     check_map(m, study)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_worldsense_opens_with_its_intro_before_the_clip(family, request, arrays):
+    m = request.getfixturevalue(family)
+    frames, wave, _, _ = arrays
+    p = m.prepare(avmech.AVSample(video=frames, fps=4, audio=wave, sample_rate=16000, question="Who speaks?",
+                                  options=("a", "b"), answer=0, prompt_format="worldsense"))
+    t = p.tokens
+    intro = t.positions("instruction")[0]
+    assert t.positions("user_header").max() < intro < t.positions("marker").min() < t.positions("video").min()
+    assert m.tokenizer.decode(p.input_ids[0, intro:t.positions("marker").min()]).startswith("Carefully watch this video")
+    check_map(m, p)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
