@@ -2,7 +2,11 @@
 
     avmech inspect clip.mp4 -q "Who speaks first?" -o "the man" -o "the woman"
     avmech run experiments/av_video_knockout.toml [--model M] [--limit N] [--shard i/n] [--wait]
-    avmech figures
+    avmech figures [--results DIR] [--out DIR] [--model M ...]
+
+``figures`` is a command the repository's figures package adds: avmech runs whatever the
+entry point ``figures`` of the group ``avmech.commands`` names, a ``main(argv)``, and
+never imports that package itself.
 
 Every error avmech raises on purpose (`avmech.errors.AVMechError`) is printed as one
 line, ``error: <what and where>: <the fix>``, and the command exits with its kind's
@@ -28,15 +32,20 @@ from __future__ import annotations
 
 import re
 import traceback
+from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import NoReturn
 
 import typer
 
-from avmech.errors import EXIT_STATUS, AVMechError
+from avmech.errors import EXIT_STATUS, AVMechError, InputError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trace audio-visual LLMs.")
 DEBUG_HELP = "on an error, print its traceback instead of one line"
+# Commands other installed packages add, as entry points of this group (pyproject.toml's
+# [project.entry-points."avmech.commands"]): each a ``main(argv)``.
+COMMANDS = "avmech.commands"
 
 
 def one_line(e: AVMechError) -> str:
@@ -148,21 +157,28 @@ def run(
     typer.echo(f"records: {summary.directory / 'records.parquet'}\n{summary}")
 
 
-@app.command()
-def figures(
-    results: Path = typer.Option(Path("results"), help="results root: results/<experiment>/<model>/"),
-    out: Path = typer.Option(Path("paper_figures/out"), help="where the figures, tables and index go"),
-    model: str = typer.Option(None, help="run missing experiments on this model (default: each file's demo model)"),
-    debug: bool = typer.Option(False, "--debug", help=DEBUG_HELP),
-) -> None:
-    """Run the study's missing experiments, then draw every figure and table (paper_figures/)."""
-    from paper_figures.make import make
-
+def plugin(name: str) -> Callable[[list[str]], None]:
+    """The ``main(argv)`` of the command ``name`` an installed package adds (group `COMMANDS`)."""
+    found = list(entry_points(group=COMMANDS, name=name))
+    if not found:
+        raise InputError(f"no installed package adds the command {name!r} (entry point group {COMMANDS}): "
+                         "reinstall avmech from its repository (pip install -e . or make install)")
+    point = found[0]
     try:
-        index = make(results, out, model)
+        return point.load()
+    except ImportError as e:
+        raise InputError(f"the command {name!r} comes from {point.value}, which cannot be imported ({e}): install "
+                         "avmech from its repository (pip install -e .)") from e
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def figures(ctx: typer.Context) -> None:
+    """Run the study's missing experiments, then draw every figure and table (the figures package; --help)."""
+    try:
+        main = plugin("figures")
     except AVMechError as e:
-        fail(e, debug)
-    typer.echo(f"index: {index}")
+        fail(e, "--debug" in ctx.args)
+    main(ctx.args)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,12 @@ class MediaError(AVMechError, ValueError):
 
 
 class RemoteError(AVMechError, RuntimeError):
-    """A remote run failed; the message names the server, the problem and the fix."""
+    """A remote run failed; the message names the server, the problem and the fix in one
+    line, and ``detail`` keeps what the server said in full (a traceback, say)."""
+
+    def __init__(self, message: str, detail: str = ""):
+        super().__init__(message)
+        self.detail = detail
 
 
 EXIT_STATUS: dict[type[AVMechError], int] = {InputError: 2, RemoteError: 3, ModelError: 4, MediaError: 5}

@@ -2,8 +2,8 @@
 
 ::
 
-    name = "av_video_knockout"
-    flow = "knockout_sweep"
+    name = "token_discard"
+    flow = "token_discard"
     model = "tiny-omni"                  # or "Qwen/Qwen2.5-Omni-7B", a directory
     backend = "local"                    # or "ndif": traces run on an NDIF server
     seed = 0
@@ -12,10 +12,13 @@
     dataset = "av-speakerbench"          # av-speakerbench | av-odyssey | worldsense
     root = "synthetic"                   # the embedded demo set, or a local copy
     limit = 8
+    select = { category = ["speaker recognition", "visual recognition"] }   # the study's subset
+
+    [inputs]                             # records of other experiments this flow reads
+    sweep = "av_video_knockout"          # the same model's records of that experiment
 
     [params]                             # validated by the flow's own parameter model
-    edges = [["audio", "question"], ["video", "last"]]
-    k = [7]
+    settings = [...]
 
     [ndif]                               # optional; only read with backend = "ndif"
     host = "https://api.ndif.us"         # else NDIF_HOST, else nnsight's config
@@ -25,53 +28,65 @@
 (the API key: ``api_key`` in the table, better ``NDIF_API_KEY`` or nnsight's config; it
 is never written to the results). Loading validates every field (an unknown or
 ill-typed field is an error naming it; a name or model that would not name one folder
-inside the results folder, such as ``..``, too).
+inside the results folder, such as ``..``, too), and the ``[inputs]`` table against
+what the flow reads (`avmech.flows.Flow`). Dependencies between experiments are these
+tables and nothing else: `in_order` runs every experiment after those it reads.
 
 `run_experiment` writes ``results/<name>/<model>/`` (see `avmech.store`) and resumes
 where an interrupted run stopped. In order, and refusing at the first problem: the
+input records must exist (the same model's, written by the experiments named); the
 folder's `fingerprint` must equal the run's (else ``new_folder=True`` picks
 ``<folder>-2``, ``-3``, ... and logs where), no other run may be writing there (else
 ``wait=True`` waits for it), the model and the samples load; only then is anything
-written. A sample that cannot be prepared (a corrupt clip: a `MediaError` or an
-`InputError` of that one sample) is skipped and logged to ``skipped.jsonl``; with
+written. The runner, not the flow, knows what is done: it hands the flow the samples not
+yet finished, writes only records not yet written, and marks a sample finished when the
+flow moves past it. A sample that cannot be prepared (a corrupt clip: a `MediaError` or
+an `InputError` of that one sample) is skipped and logged to ``skipped.jsonl``; with
 ``strict=True`` it stops the run instead. `execute` does the same and returns a
 `RunSummary` (records, skipped samples), which the command line prints.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-
+import hashlib
 import importlib.metadata
 import json
 import logging
 import tomllib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import pandas as pd
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from avmech.backends import Backend, LocalBackend, NDIFBackend, use
 from avmech.errors import AVMechError, InputError
 from avmech.flows import FLOWS
 from avmech.flows.common import on_sample_error, sample_fields
-from avmech.store import RecordStore, RunLock, folder_name, mismatch, slug
+from avmech.store import RECORDS, RecordStore, RunLock, folder_name, mismatch, slug
 
 log = logging.getLogger(__name__)
 
 
 class DataSpec(BaseModel):
-    """The ``[data]`` table: which benchmark, where, and how its prompts are laid out
-    (``layout = "study"`` feeds interleaved items as the study did, see `avmech.AVSample`)."""
+    """The ``[data]`` table: which benchmark, where, which of its samples, and how its prompts
+    are laid out (``layout = "study"`` feeds interleaved items as the study did, see
+    `avmech.AVSample`). ``select`` keeps the samples whose fields match (`avmech.data.read`),
+    before ``limit``; ``n_synthetic`` and ``synthetic_seconds`` size the embedded demo set."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     dataset: Literal["av-speakerbench", "av-odyssey", "worldsense"]
     root: str = "synthetic"
     split: str | None = None
     limit: int | None = Field(default=None, ge=1)
+    select: dict[str, str | int | list[str | int]] | None = None
     n_synthetic: int = Field(default=8, ge=1)
+    synthetic_seconds: float | None = Field(default=None, gt=0)
     layout: Literal["dataset", "study"] = "dataset"
 
 
@@ -100,6 +115,7 @@ class Experiment(BaseModel):
     ndif: NDIFSpec = Field(default_factory=NDIFSpec)
     seed: int = 0
     data: DataSpec
+    inputs: dict[str, str] = Field(default_factory=dict, description="flow input -> experiment whose records it is")
     params: dict[str, Any] = Field(default_factory=dict)
     description: str = ""
 
@@ -114,9 +130,25 @@ class Experiment(BaseModel):
         folder_name(model, "model", slug(model))
         return model
 
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_are_folders(cls, inputs: dict[str, str]) -> dict[str, str]:
+        for name, experiment in inputs.items():
+            folder_name(experiment, f"inputs.{name}")
+        return inputs
+
+    @model_validator(mode="after")
+    def _inputs_match_the_flow(self) -> Experiment:
+        flow = FLOWS[self.flow]
+        unknown = sorted(set(self.inputs) - set(flow.inputs))
+        if unknown:
+            reads = f"reads {', '.join(flow.inputs)}" if flow.inputs else "reads no other experiment's records"
+            raise ValueError(f"inputs {unknown}: the flow {self.flow} {reads}")
+        return self
+
     @property
     def flow_params(self) -> BaseModel:
-        return FLOWS[self.flow][1].model_validate(self.params)
+        return FLOWS[self.flow].params.model_validate(self.params)
 
     @property
     def runner(self) -> Backend:
@@ -150,10 +182,27 @@ def load_experiment(path: str | Path, **overrides: Any) -> Experiment:
     except ValidationError as e:
         raise InputError(_explain(e, str(path))) from None
     try:
-        exp.flow_params  # noqa: B018 - validates the flow's parameters
+        params = exp.flow_params
     except ValidationError as e:
         raise InputError(_explain(e, str(path), prefix="params.")) from None
+    missing = sorted(FLOWS[exp.flow].needs(params) - set(exp.inputs))
+    if missing:
+        raise InputError(f"invalid experiment {path}: its params read the records of {missing}: name the experiment "
+                         f"of each in an [inputs] table (e.g. {missing[0]} = \"av_video_knockout\")")
     return exp
+
+
+def in_order(experiments: Iterable[Experiment]) -> list[Experiment]:
+    """The experiments, each after those whose records it reads (its ``[inputs]``), else in the given order."""
+    pending = {e.name: e for e in experiments}
+    out: list[Experiment] = []
+    while pending:
+        ready = [e for e in pending.values() if not set(e.inputs.values()) & set(pending)]
+        if not ready:
+            raise InputError(f"experiments {sorted(pending)} read each other's records in a cycle: break it")
+        for e in ready:
+            out.append(pending.pop(e.name))
+    return out
 
 
 def load_samples(spec: DataSpec, seed: int = 0) -> list:
@@ -162,8 +211,8 @@ def load_samples(spec: DataSpec, seed: int = 0) -> list:
 
     root = spec.root
     if root == "synthetic":
-        root = data.synthetic.ensure(spec.dataset, n=spec.n_synthetic, seed=seed)
-    samples = data.read(spec.dataset, root, split=spec.split, limit=spec.limit)
+        root = data.synthetic.ensure(spec.dataset, n=spec.n_synthetic, seed=seed, seconds=spec.synthetic_seconds)
+    samples = data.read(spec.dataset, root, split=spec.split, limit=spec.limit, select=spec.select)
     return [dataclasses.replace(s, layout=spec.layout) for s in samples]
 
 
@@ -172,16 +221,42 @@ def results_dir(exp: Experiment, results: str | Path = "results") -> Path:
     return Path(results) / folder_name(exp.name, "name") / folder_name(exp.model, "model", slug(exp.model))
 
 
-def fingerprint(exp: Experiment, revision: str | None = None) -> dict[str, Any]:
+def load_inputs(exp: Experiment, results: str | Path = "results") -> dict[str, pd.DataFrame]:
+    """The records each of ``exp``'s inputs names: that experiment's, for the same model."""
+    out = {}
+    for name, experiment in exp.inputs.items():
+        path = Path(results) / experiment / slug(exp.model) / RECORDS
+        if not path.exists():
+            raise InputError(
+                f"experiment {exp.name} reads the records of {experiment} (its input {name!r}) for {exp.model}, and "
+                f"'{path}' does not exist: run that experiment on this model first (avmech run "
+                f"experiments/{experiment}.toml --model {exp.model} --results {results})"
+            )
+        out[name] = pd.read_parquet(path)
+    return out
+
+
+def digest(records: pd.DataFrame) -> str:
+    """A short hash of a record set's content (row and column order aside)."""
+    ordered = records.sort_values(["sample_id", "condition"]).reindex(sorted(records.columns), axis=1)
+    hashed = pd.util.hash_pandas_object(ordered.astype(str), index=False).to_numpy()
+    return hashlib.sha1(hashed.tobytes()).hexdigest()[:16]
+
+
+def fingerprint(exp: Experiment, revision: str | None = None,
+                inputs: dict[str, pd.DataFrame] | None = None) -> dict[str, Any]:
     """What an experiment's records depend on: a folder holds the records of one fingerprint.
 
     The model and its revision (the checkpoint's commit, when known), and on an NDIF
     server the name it serves the model by; the data set (all of `DataSpec` but
     ``limit``: a larger limit extends the same samples), the flow and its resolved
-    parameters, the seed, the backend and avmech's version. Not the shard, the
-    description, the server's host or timeout: they do not change a record.
+    parameters, the records it reads (each input's experiment and a digest of its
+    records: a sweep run further changes the layers a discard follows), the seed, the
+    backend and avmech's version. Not the shard, the description, the server's host or
+    timeout: they do not change a record.
     """
     served = [exp.ndif.model, exp.ndif.model_key] if exp.backend == "ndif" else None
+    read = {name: {"experiment": exp.inputs[name], "records": digest(frame)} for name, frame in (inputs or {}).items()}
     return {
         "model": exp.model,
         "revision": revision,
@@ -189,6 +264,7 @@ def fingerprint(exp: Experiment, revision: str | None = None) -> dict[str, Any]:
         "data": exp.data.model_dump(exclude={"limit"}),
         "flow": exp.flow,
         "params": exp.flow_params.model_dump(mode="json"),
+        "inputs": read,
         "seed": exp.seed,
         "backend": exp.backend,
         "avmech": importlib.metadata.version("avmech"),
@@ -233,6 +309,20 @@ def _revision(m) -> str | None:
     return getattr(getattr(m.hf, "config", None), "_commit_hash", None)
 
 
+def up_to_date(exp: Experiment, results: str | Path = "results") -> bool:
+    """Whether ``exp``'s folder holds its finished records (``records.parquet``), written with this
+    configuration and these inputs; finished records of another configuration are an `InputError`."""
+    base = results_dir(exp, results)
+    if not (base / RECORDS).exists():
+        return False
+    fp = fingerprint(exp, inputs=load_inputs(exp, results))
+    found = _recorded(base)
+    compare = tuple(f for f in fp if f != "revision")
+    if found is not None and any(found.get(f) != fp[f] for f in compare):
+        raise mismatch(base, {f: found.get(f) for f in compare}, {f: fp[f] for f in compare})
+    return True
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """What a run did: its folder, the records there, and the samples it skipped."""
@@ -263,9 +353,10 @@ def execute(
 
     if shard is not None and not 0 <= shard[0] < shard[1]:
         raise InputError(f"shard {shard[0]}/{shard[1]}: write i/n with 0 <= i < n")
+    inputs = load_inputs(exp, results)
     base = results_dir(exp, results)
-    without_revision = tuple(f for f in fingerprint(exp) if f != "revision")
-    planned = _folder(base, fingerprint(exp), new_folder, without_revision)  # refuse before loading anything
+    without_revision = tuple(f for f in fingerprint(exp, inputs=inputs) if f != "revision")
+    planned = _folder(base, fingerprint(exp, inputs=inputs), new_folder, without_revision)  # refuse before loading
     if not wait and (busy := RunLock(planned, shard).busy()) is not None:
         raise busy
     # On an NDIF server the LLM runs there: load only what runs here (processor, encoders, embeddings).
@@ -274,11 +365,7 @@ def execute(
     samples = load_samples(exp.data, exp.seed)
     if shard is not None:
         samples = samples[shard[0]::shard[1]]
-    fn, _ = FLOWS[exp.flow]
-    params = exp.flow_params
-    if "results_root" in type(params).model_fields:  # flows that read other experiments' results
-        params = params.model_copy(update={"results_root": str(results)})
-    fp = fingerprint(exp, _revision(m))
+    fp = fingerprint(exp, _revision(m), inputs)
     store = RecordStore(_folder(base, fp, new_folder, tuple(fp)), shard)
     if store.dir != base:
         log.warning("'%s' holds another configuration: writing to '%s'", base, store.dir)
@@ -296,10 +383,12 @@ def execute(
     new = 0
     with store.locked(wait):
         store.write_meta(exp.model_dump(), fp)
-        done = frozenset(store.done())
+        finished = store.finished()
+        todo = [s for s in samples if sample_fields(s)["sample_id"] not in finished]
         try:
-            with use(exp.runner), on_sample_error(skip):
-                for record in fn(m, samples, params, done):
+            flow = FLOWS[exp.flow].run(m, todo, exp.flow_params, **inputs)
+            with use(exp.runner), on_sample_error(skip), contextlib.closing(flow):  # closed: its progress bar ends
+                for record in unwritten(flow, store):
                     store.append([{"experiment": exp.name, "model": exp.model, "dataset": exp.data.dataset, **record}])
                     new += 1
         except AVMechError as e:
@@ -307,6 +396,21 @@ def execute(
             raise
         path = store.finalize()
     return RunSummary(store.dir, pq.read_metadata(path).num_rows, new, tuple(skipped), store.skipped)
+
+
+def unwritten(records: Iterable[dict[str, Any]], store: RecordStore) -> Iterator[dict[str, Any]]:
+    """The flow's records that ``store`` lacks; a sample is marked finished once the flow has moved past it."""
+    done = store.done()
+    current = None
+    for record in records:
+        if record["sample_id"] != current:
+            if current is not None:
+                store.finish(current)
+            current = record["sample_id"]
+        if (record["sample_id"], record["condition"]) not in done:
+            yield record
+    if current is not None:
+        store.finish(current)
 
 
 def run_experiment(

@@ -5,7 +5,8 @@ positions and ``keys`` visible (query, key) pairs in total:
 
 - projections: ``2 * rows * d * (heads + 2 * kv_heads) * head_dim`` (q, k, v) and
   ``2 * rows * heads * head_dim * d`` (o);
-- MLP (gated): ``2 * rows * 3 * d * d_mlp``;
+- MLP: ``rows`` times the family's per-position MLP cost (`Decoder.mlp_flops`: a gated
+  MLP is ``2 * 3 * d * d_mlp``; a mixture counts its active experts);
 - attention: ``2 * 2 * keys * heads * head_dim`` (scores and the weighted sum).
 
 Norms, rotary embeddings and the unembedding of one position are ignored (small).
@@ -13,18 +14,16 @@ Norms, rotary embeddings and the unembedding of one position are ignored (small)
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
-if TYPE_CHECKING:
-    from avmech.models.base import AVModel
+from avmech.decoder import Model
 
 
-def layer_flops(m: AVModel, rows: int, keys: int) -> float:
+def layer_flops(m: Model, rows: int, keys: int) -> float:
     """FLOPs of one decoder layer for ``rows`` queries attending over ``keys`` pairs in total."""
     d, h, kv, hd = m.d_model, m.n_heads, m.n_kv_heads, m.head_dim
-    d_mlp = m.llm_module.layers[0].mlp.gate_proj.out_features
     proj = 2 * rows * d * (h + 2 * kv) * hd + 2 * rows * h * hd * d
-    mlp = 2 * rows * 3 * d * d_mlp
+    mlp = rows * m.decoder.mlp_flops(m.llm_module)
     attn = 2 * 2 * keys * h * hd
     return float(proj + mlp + attn)
 
@@ -34,12 +33,12 @@ def causal_pairs(first: int, stop: int) -> int:
     return (stop * (stop + 1) - first * (first + 1)) // 2
 
 
-def prefill_flops(m: AVModel, lengths: Sequence[int]) -> float:
+def prefill_flops(m: Model, lengths: Sequence[int]) -> float:
     """A prefill where layer ``l`` runs on ``lengths[l]`` positions (shorter after drops)."""
     return sum(layer_flops(m, n, causal_pairs(0, n)) for n in lengths)
 
 
-def region_flops(m: AVModel, n: int, first_layer: int, first_row: int) -> float:
+def region_flops(m: Model, n: int, first_layer: int, first_row: int) -> float:
     """The affected region of a knockout: layers >= first_layer, queries >= first_row."""
     rows = n - first_row
     return sum(layer_flops(m, rows, causal_pairs(first_row, n)) for _ in range(first_layer, m.n_layers))

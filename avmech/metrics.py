@@ -1,14 +1,16 @@
 """Metrics on run results: the study's relative probability change and friends.
 
 ``dp = (p_cond - p_base) / p_base`` on the correct option letter's probability (the
-study's main metric); accuracy is the argmax over the option letters.
+study's main metric); accuracy is the argmax over the option letters, or, scored as the
+benchmarks score a model, the letter read from its generated answer (`parse_letter`).
 """
 
 from __future__ import annotations
 
 import math
+import re
 
-from avmech.interventions.run import RunResult
+from avmech.prepared import RunResult
 
 
 def p_correct(result: RunResult) -> float:
@@ -40,3 +42,24 @@ def logit_diff(result: RunResult, a: int, b: int) -> float:
     """Logit of option ``a``'s letter minus option ``b``'s."""
     ids = result.answer_ids
     return float(result.logits[ids[a]] - result.logits[ids[b]])
+
+
+# Lead-ins a model writes before its letter, removed before the letter is looked for
+# (the benchmarks' own scoring strips the same; longest first).
+ANSWER_PREFIXES = (
+    "The best answer is", "The correct answer is", "The best option is", "The correct option is",
+    "The answer is", "The answer", "Best answer:", "Best option:", "Answer:",
+)
+
+
+def parse_letter(text: str, letters: str = "ABCD") -> int | None:
+    """The option index of the first standalone letter of ``letters`` in a generated answer.
+
+    Lead-ins such as "The best answer is" and "Answer:" are removed first (case-insensitive);
+    a letter inside a word ("Based", "DAB") does not count. None when no letter stands alone:
+    the answer is then scored wrong, never guessed."""
+    rest = text
+    for prefix in ANSWER_PREFIXES:
+        rest = re.sub(re.escape(prefix), " ", rest, flags=re.IGNORECASE)
+    found = re.search(rf"(?<![A-Za-z])([{re.escape(letters)}])(?![A-Za-z])", rest)
+    return letters.index(found.group(1)) if found else None

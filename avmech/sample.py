@@ -98,13 +98,13 @@ PROMPT_FORMATS: dict[str, PromptFormat] = {
         option_template="{letter}:{text}",
         suffix="\nAnswer with the option's letter from the given choices directly.",
     ),
-    "worldsense": PromptFormat(
+    "worldsense": PromptFormat(  # WorldSense's evaluation in VLMEvalKit (its SYS, the clip, FRAMES_TMPL_AUDIO)
         intro=(
             "Carefully watch this video and pay attention to every detail. Based on your observations, "
             "select the best option that accurately addresses the question."
         ),
-        preamble=(
-            "These are the frames of a video and the corresponding audio. Select the best "
+        preamble=(  # VLMEvalKit's FRAMES_TMPL_AUDIO, its leading and closing line breaks included
+            "\nThese are the frames of a video and the corresponding audio. Select the best "
             "answer to the following multiple-choice question based on the video. Respond "
             "with only the letter (A, B, C, or D) of the correct option.\n"
         ),

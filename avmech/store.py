@@ -14,6 +14,8 @@ A run writes ``results/<experiment>/<model>/``:
   flushed and fsync'd as each (sample, condition) completes;
 - ``skipped[.shard-i-of-n].jsonl``: the samples a run could not prepare (a corrupt clip),
   one JSON line each: ``sample_id``, ``error`` (its kind), ``message``, ``time``;
+- ``finished[.shard-i-of-n].jsonl``: the samples whose records are all written, one
+  ``{"sample_id": ...}`` line each: a resumed run skips them without preparing them;
 - ``records.parquet``: the tidy table, rebuilt from the logs when a run finishes;
 - ``run[.shard-i-of-n].lock`` and ``*.lock.holder.json``: the run that writes there now
   (pid, host, start time), and ``meta.lock`` guarding the metadata files.
@@ -27,7 +29,8 @@ start time, or, asked to wait, waits for it; shards ``i/n`` of one ``n`` run sid
 **Nothing lost, nothing mixed.** A run killed half-way loses at most the record being
 written: on restart the store cuts the torn last line of its log, and the flow skips
 every (sample, condition) already there, so nothing is computed twice and nothing is
-lost. Any other line that is not a record, and a (sample, condition) recorded twice, is
+lost (a sample the run had not finished is run again, and only its missing records are
+written). Any other line that is not a record, and a (sample, condition) recorded twice, is
 an `InputError` naming the file and line, never silently dropped. Metadata files and a
 repaired log are replaced whole (temporary file, fsync, ``os.replace``), so a kill
 leaves the old version or the new one. A write that fails (a read-only folder, a full
@@ -290,6 +293,7 @@ class RecordStore:
         tail = "" if shard is None else f".shard-{shard[0]}-of-{shard[1]}"
         self.log = self.dir / f"records{tail}.jsonl"
         self.skipped = self.dir / f"skipped{tail}.jsonl"
+        self.finished_log = self.dir / f"finished{tail}.jsonl"
 
     @contextlib.contextmanager
     def locked(self, wait: bool = False) -> Iterator[RunLock]:
@@ -367,6 +371,24 @@ class RecordStore:
             with writing(self.log):
                 self.dir.mkdir(parents=True, exist_ok=True)
                 append_durably(self.log, lines)
+
+    def finish(self, sample_id: str) -> None:
+        """Record, durably, that every record of ``sample_id`` is written."""
+        with writing(self.finished_log):
+            self.dir.mkdir(parents=True, exist_ok=True)
+            append_durably(self.finished_log, json.dumps({"sample_id": sample_id}) + "\n")
+
+    def finished(self) -> set[str]:
+        """The samples finished by any shard's run in this directory."""
+        out = set()
+        for path in sorted(self.dir.glob("finished*.jsonl")):
+            for n, line in enumerate(path.read_bytes().split(b"\n")[:-1], start=1):
+                try:
+                    out.add(json.loads(line)["sample_id"])
+                except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+                    raise InputError(f"'{path}' line {n} is not a finished sample ({line[:80]!r}): remove that line "
+                                     "(the sample is run again) and run again") from None
+        return out
 
     def skip(self, sample_id: str, error: Exception) -> None:
         """Log a sample that could not be prepared to ``skipped[...].jsonl``, durably."""

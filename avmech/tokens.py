@@ -56,6 +56,13 @@ ITEM_ROLES = ("", "candidate", "reference")
 
 # Names that are not a single role. Values are expressions over roles and attributes.
 GROUP_ALIASES: dict[str, str] = {
+    # The study's "[question+options]" block of the audio-visual input: every text of the user
+    # turn (benchmark instructions, question, option letters and texts). `question` is the
+    # question sentence alone.
+    "question_block": "instruction | question | option_letter | option_text",
+    # Every position holding audio features, as the study counts "the audio tokens": for
+    # video-SALMONN 2+ also the padding silence of its 30-second chunks (one token id).
+    "audio_tokens": "audio | audio_pad",
     "options": "option_letter | option_text",
     "av": "video | audio | audio_pad | image",
     "modalities": "video | audio | image",

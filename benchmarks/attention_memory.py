@@ -20,9 +20,9 @@ def _child(variant: str) -> None:
 
     import avmech
     from avmech import AttentionRead
-    from avmech.models.base import Encoded, Prepared
+    from avmech.prepared import Encoded, Prepared
     from avmech.tokens import TokenMapBuilder
-    from benchmarks.common import bench_model
+    from benchmarks.common import bench_model, plain_forward
 
     m = bench_model()
     b = TokenMapBuilder()
@@ -38,8 +38,7 @@ def _child(variant: str) -> None:
     before = _status("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak to the current RSS
     if variant == "plain":
-        with torch.no_grad():
-            m.hf(inputs_embeds=p._cache["encoded"].inputs_embeds, position_ids=pos, use_cache=False)
+        plain_forward(m, p._cache["encoded"].inputs_embeds, pos)
     elif variant == "run":
         m.run(p)
     else:

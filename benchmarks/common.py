@@ -41,6 +41,16 @@ def prepared(seconds: float):
     return p
 
 
+def plain_forward(m, embeds, position_ids, attention_mask=None):
+    """transformers' own decoder forward (final norm included), unembedding the last position only:
+    the untraced reference a run is compared with (over the real 152k-token vocabulary,
+    unembedding every position would dominate both time and memory)."""
+    with torch.no_grad():
+        hidden = m.llm_module(inputs_embeds=embeds, position_ids=position_ids, attention_mask=attention_mask,
+                              use_cache=False).last_hidden_state
+        return m.lm_head_module(hidden[:, -1])[0]
+
+
 def timed(fn: Callable[[], object], repeats: int = 3) -> float:
     """Median wall time of ``fn`` in seconds (after one warm-up call)."""
     fn()
@@ -64,4 +74,5 @@ def row(*cells) -> str:
     return " | ".join(f"{c:>10.3f}" if isinstance(c, float) else f"{c!s:>10}" for c in cells)
 
 
-__all__ = ["av_fraction", "bench_model", "clip_sample", "np", "prepared", "row", "setup_threads", "timed"]
+__all__ = ["av_fraction", "bench_model", "clip_sample", "np", "plain_forward", "prepared", "row", "setup_threads",
+           "timed"]

@@ -1,15 +1,13 @@
 """Tracing overhead: `m.run` with a few saves vs the plain transformers forward, 2,000 tokens.
 
-Both start from the cached encoder output (inputs_embeds + 3-D position ids); the plain
-forward computes logits for every position, the run only for the last (as flows do).
+Both start from the cached encoder output (inputs_embeds + 3-D position ids) and unembed
+the last position only (as flows do; `benchmarks.common.plain_forward`).
 """
 
 from __future__ import annotations
 
-import torch
-
 from avmech import Capture, LogitLens
-from benchmarks.common import bench_model, prepared, row, timed
+from benchmarks.common import bench_model, plain_forward, prepared, row, timed
 
 
 def main() -> None:
@@ -19,9 +17,7 @@ def main() -> None:
     mask = p.inputs["attention_mask"]
 
     def plain():
-        with torch.no_grad():
-            return m.hf(inputs_embeds=enc.inputs_embeds, position_ids=enc.position_ids, attention_mask=mask,
-                        use_cache=False).logits[0, -1]
+        return plain_forward(m, enc.inputs_embeds, enc.position_ids, mask)
 
     saves = [Capture("resid_post.3", "last"), Capture("attn_out.6", "question"), LogitLens(layers=[11])]
     plain_s = timed(plain, repeats=7)

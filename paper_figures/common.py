@@ -5,17 +5,22 @@ subdirectories found, one row of panels or table rows per model) with ``config.j
 ``env.json`` beside it for the model, data set and git revision, and never loads a model.
 Figures are built on `matplotlib.figure.Figure` (rendered by the Agg canvas, no pyplot
 state). Random-weight demo models are marked in every title.
+
+Nothing is dropped quietly: a mean is taken over the records with a finite value (and,
+where the record says, a finite run), and every figure and table says how many records
+it left out (`usable`, ``finish(..., excluded=)``): runs with non-finite logits
+(``finite`` false) and conditions with nothing to measure (NaN ``dp`` of an
+``allow_empty`` sweep). Layers are numbered from 0 throughout (`LAYERS_NOTE`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import sys
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 import pandas as pd
@@ -24,7 +29,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 # avmech.models.EMBEDDED: random-weight models of the real architectures (tests keep these in sync).
-DEMO_MODELS = frozenset({"tiny-omni", "tiny-salmonn", "bench-omni"})
+DEMO_MODELS = frozenset({"tiny-omni", "tiny-salmonn", "tiny-qwen3-omni", "bench-omni"})
 DEMO_MARK = "RANDOM demo model — not a finding"
 RECORDS = "records.parquet"
 SEPARATOR = "   ·   "
@@ -36,7 +41,7 @@ ROLE_COLORS = {
     "question": "#2ca02c", "option_letter": "#9467bd", "option_text": "#d4b9e8", "options": "#9467bd",
     "turn_end": "#e0e0e0", "assistant_header": "#b0bec5", "last": "#d62728", "generated": "#8c564b",
     "other": "#616161", "candidates": "#17becf", "reference": "#bcbd22", "correct": "#2ca02c",
-    "incorrect": "#e377c2",
+    "incorrect": "#e377c2", "audio_tokens": "#ff7f0e", "question_block": "#2ca02c",
 }
 
 
@@ -150,6 +155,72 @@ def tasks(records: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return [("all", records)] + groups
 
 
+LAYERS_NOTE = ("layers numbered from 0: layer i is the (i+1)-th decoder layer, so the study's \"L26\" of 36 "
+               "(the 26th layer) is layer 25 here.")
+
+
+def flagged(values: pd.Series) -> pd.Series:
+    """Where a flag column says false (``finite``, ``applies``); a missing value is no flag."""
+    return values.map(lambda v: isinstance(v, bool | np.bool_) and not v).astype(bool)
+
+
+def usable(records: pd.DataFrame, value: str) -> tuple[pd.DataFrame, int]:
+    """The records with a finite ``value`` from a finite run (``finite`` not false), and how many others there were."""
+    if value not in records:
+        return records.iloc[:0], len(records)
+    ok = np.isfinite(pd.to_numeric(records[value], errors="coerce").astype(float))
+    if "finite" in records:
+        ok &= ~flagged(records["finite"])
+    return records[ok], int((~ok).sum())
+
+
+def applied(records: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The records of conditions that applied (``applies`` not false), and how many did not (flagged, no numbers)."""
+    if "applies" not in records:
+        return records, 0
+    ok = ~flagged(records["applies"])
+    return records[ok], int((~ok).sum())
+
+
+def accuracy(records: pd.DataFrame, column: str = "correct") -> tuple[float, int]:
+    """Accuracy (%) over the finite runs, and how many runs it left out (non-finite: no prediction)."""
+    kept = records[~flagged(records["finite"])] if "finite" in records else records
+    rate = 100 * kept[column].astype(float).mean() if len(kept) else math.nan
+    return rate, len(records) - len(kept)
+
+
+TABLE_EXCLUDED = ("excluded: the records each row's numbers leave out, counted in that row (runs with non-finite "
+                  "logits, conditions with nothing to measure); not applied: conditions that removed or blocked "
+                  "nothing in a sample, recorded as such and kept out of every number.")
+
+
+def excluded_note(count: int, what: str = "mean") -> str:
+    """The sentence a figure or table ends with: how many records its numbers left out, and why."""
+    return (f"excluded from every {what}: {count} record{'s' * (count != 1)} without a finite value "
+            "(non-finite logits, or conditions with nothing to measure).")
+
+
+def groups_note(records: pd.DataFrame, columns: Iterable[tuple[str, str]] = (("src", "src_roles"), ("dst", "dst_roles"))) -> str:
+    """What each group name meant, from the roles the records say it covered ("question_block = instruction+...")."""
+    meaning: dict[str, set[str]] = {}
+    for name_col, roles_col in columns:
+        if name_col in records and roles_col in records:
+            for name, roles in records[[name_col, roles_col]].dropna().drop_duplicates().itertuples(index=False):
+                if name != roles:
+                    meaning.setdefault(name, set()).add(roles)
+    return "; ".join(f"{name} = {' or '.join(sorted(r))}" for name, r in sorted(meaning.items()))
+
+
+def window_label(rows: pd.DataFrame, k: int) -> str:
+    """The x label of knockout curves: the window size asked for and the widths the model allowed."""
+    widths = (rows["stop"] - rows["start"]).astype(int) if len(rows) else pd.Series([k])
+    low, high = int(widths.min()), int(widths.max())
+    real = f"{low}–{high}" if low < high else f"{high}"
+    if high < k:
+        return f"window centre layer (k = {k}, cut to {real} layers)"
+    return f"window centre layer (k = {k}; {real} layers)" if low < k else f"window centre layer (k = {k})"
+
+
 def mean_ci(values) -> tuple[float, float, float]:
     """Mean and its 95% normal-approximation interval (mean ± 1.96 SEM); no interval for n < 2."""
     v = np.asarray(values, dtype=float)
@@ -163,20 +234,24 @@ def mean_ci(values) -> tuple[float, float, float]:
     return mean, mean - half, mean + half
 
 
-def summarise(records: pd.DataFrame, x: str, y: str, scale: float = 1.0) -> pd.DataFrame:
-    """Per value of ``x``: mean of ``y`` (times ``scale``) and its 95% interval, sorted by x."""
-    rows = [(xv, *(scale * v for v in mean_ci(g[y]))) for xv, g in records.groupby(x)]
-    return pd.DataFrame(rows, columns=[x, "mean", "lo", "hi"]).sort_values(x)
+def summarise(records: pd.DataFrame, x: str, y: str, scale: float = 1.0) -> tuple[pd.DataFrame, int]:
+    """Per value of ``x``: mean of ``y`` (times ``scale``) and its 95% interval, sorted by x, over the
+    `usable` records; and how many records were left out."""
+    kept, excluded = usable(records, y)
+    rows = [(xv, *(scale * v for v in mean_ci(g[y]))) for xv, g in kept.groupby(x)]
+    return pd.DataFrame(rows, columns=[x, "mean", "lo", "hi"]).sort_values(x), excluded
 
 
 def plot_mean(ax: Axes, records: pd.DataFrame, x: str, y: str, *, label: str, color, gid: str,
-              scale: float = 100.0, band: bool = True, **line) -> None:
-    """A line of the mean of ``y`` per ``x`` with its 95% band; ``gid`` names the line for readers and tests."""
-    s = summarise(records, x, y, scale)
+              scale: float = 100.0, band: bool = True, **line) -> int:
+    """A line of the mean of ``y`` per ``x`` with its 95% band; ``gid`` names the line for readers and tests.
+    Returns how many records the mean left out (`usable`)."""
+    s, excluded = summarise(records, x, y, scale)
     (artist,) = ax.plot(s[x], s["mean"], label=label, color=color, marker="o", markersize=3, **line)
     artist.set_gid(gid)
     if band and s["lo"].notna().any():
         ax.fill_between(s[x], s["lo"], s["hi"], color=color, alpha=0.18, linewidth=0)
+    return excluded
 
 
 def layer_axis(ax: Axes) -> None:
@@ -193,13 +268,16 @@ def cell(spec: str) -> Callable[[float], str]:
     return lambda value: "—" if pd.isna(value) else format(value, spec)
 
 
-def finish(fig: Figure, title: str, meta: Meta, note: str = "") -> Figure:
-    """Title (what, which models, which data) and a footnote: how to read it, and the demo warning in red."""
+def finish(fig: Figure, title: str, meta: Meta, note: str = "", excluded: int | None = None) -> Figure:
+    """Title (what, which models, which data) and a footnote: how to read it, how many records the
+    numbers left out (``excluded``), and the demo warning in red."""
     caption, fit = meta.caption, int(fig.get_figwidth() * 11)  # 11-pt characters per line
     if len(caption) > fit:
         caption = "\n".join(textwrap.fill(part, fit) for part in caption.split(SEPARATOR))
     fig.suptitle(f"{title}\n{caption}", fontsize=11)
     lines = [(note, "black")] if note else []
+    if excluded is not None:
+        lines.append((excluded_note(excluded), "black"))
     if any(is_demo(m) for m in meta.models):
         lines.append((f"{DEMO_MARK}: random-weight demo models show that the pipeline runs, "
                       "not how audio-visual LLMs behave.", "#b71c1c"))
@@ -221,7 +299,7 @@ def figure(nrows: int, ncols: int, width: float, height: float, **kw) -> tuple[F
     return fig, axes
 
 
-def table_figure(display: pd.DataFrame, title: str, meta: Meta, note: str = "") -> Figure:
+def table_figure(display: pd.DataFrame, title: str, meta: Meta, note: str = "", excluded: int | None = None) -> Figure:
     """A table image of the formatted cells (strings; a newline breaks a cell), titled like every figure."""
     cells = [list(display.columns)] + display.astype(str).values.tolist()
     lines = [1 + max(str(v).count("\n") for v in row) for row in cells]
@@ -239,7 +317,7 @@ def table_figure(display: pd.DataFrame, title: str, meta: Meta, note: str = "") 
         if row == 0:
             cell.set_text_props(fontweight="bold")
             cell.set_facecolor("#eeeeee")
-    return finish(fig, title, meta, note)
+    return finish(fig, title, meta, note, excluded)
 
 
 def markdown(display: pd.DataFrame) -> str:
@@ -267,20 +345,3 @@ def save(fig: Figure, out_dir: str | Path, name: str) -> list[Path]:
     fig.savefig(paths[0], dpi=150)
     fig.savefig(paths[1])
     return paths
-
-
-def render(name: str, title: str, fig: Figure, meta: Meta, out_dir: str | Path) -> Rendered:
-    """Save a drawn figure and describe it for the index."""
-    return Rendered(name, title, tuple(save(fig, out_dir, name)), meta)
-
-
-def render_table(name: str, title: str, note: str, table: pd.DataFrame, display: pd.DataFrame, fig: Figure,
-                 meta: Meta, out_dir: str | Path) -> Rendered:
-    """Save a table (image, Markdown, CSV) and describe it for the index."""
-    return Rendered(name, title, tuple(save_table(table, display, fig, out_dir, name, title, meta, note)), meta)
-
-
-def script(main: Callable[..., Rendered]) -> None:
-    """Run a figure script from the shell: ``python -m paper_figures.<name> [RESULTS] [OUT]``."""
-    rendered = main(*sys.argv[1:3])
-    print("\n".join(str(p) for p in rendered.files))

@@ -1,16 +1,18 @@
 """Figure: knockout curves of the audio-visual video configuration (finding 1), from
 ``av_video_knockout``.
 
-x: the centre layer of the blocked window of k layers; y: mean relative change of the
-correct letter's probability, ``dp`` (%), over the samples the model answers correctly,
-with a 95% band. One panel per edge family (modality -> question; modality/question ->
-last; last -> last), one line per edge, one row per (model, task): audio-reliant
-(speaker recognition) vs visual-reliant (visual recognition) tasks.
+x: the centre layer of the blocked window of k layers (its real width on a shallow
+model in the axis label); y: mean relative change of the correct letter's probability,
+``dp`` (%), over the samples the model answers correctly, with a 95% band. One panel per
+edge family (audio / video -> question block; audio / video / question block -> last;
+last -> last), one line per edge, one row per (model, task): audio-reliant (speaker
+recognition) vs visual-reliant (visual recognition) tasks. The footnote says which roles
+each group name covered (``question_block`` = instruction + question + option letters
+and texts) and how many records the means left out.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import pandas as pd
@@ -18,14 +20,12 @@ import seaborn as sns
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from paper_figures import common
+from paper_figures import common, registry
 
-EXPERIMENT = "av_video_knockout"
-NAME = "fig_knockout_av_video"
 TITLE = "Attention knockout per layer window: audio-visual video"
 FAMILIES: tuple[tuple[str, Callable[[str, str], bool]], ...] = (
-    ("modality → question", lambda src, dst: dst == "question"),
-    ("modality / question → last", lambda src, dst: dst == "last" and src != "last"),
+    ("audio / video → question block", lambda src, dst: dst != "last"),
+    ("audio / video / question block → last", lambda src, dst: dst == "last" and src != "last"),
     ("last → last", lambda src, dst: src == "last" and dst == "last"),
 )
 NOTE = ("dp = (p_knockout − p_base) / p_base of the correct letter, mean over samples answered correctly; "
@@ -67,19 +67,20 @@ def draw_curves(records: pd.DataFrame, meta: common.Meta, families, title: str) 
             for m in common.order_models(records["model"].unique())
             for t in (sorted(records.loc[records["model"] == m, col].dropna().unique()) if col else ["all tasks"])]
     fig, axes = common.figure(len(grid), len(families), 4.2, 2.9, sharex="row")
+    excluded = 0
     for r, (model, task, g) in enumerate(grid):
         for c, (family, members) in enumerate(families):
             ax = axes[r, c]
             for edge in members:
                 if (g["edge"] == edge).any():
-                    common.plot_mean(ax, g[g["edge"] == edge], "centre", "dp", label=common.arrow(edge),
-                                     color=colors[edge], gid=f"{model}|{task}|{edge}")
+                    excluded += common.plot_mean(ax, g[g["edge"] == edge], "centre", "dp", label=common.arrow(edge),
+                                                 color=colors[edge], gid=f"{model}|{task}|{edge}")
             ax.axhline(0, color="black", linewidth=0.6)
             common.layer_axis(ax)
             demo = " (RANDOM demo)" if common.is_demo(model) else ""
             ax.set_title(f"{family}\n{model}{demo} · {common.arrow(task)} · n = {g['sample_id'].nunique()}",
                          fontsize=9)
-            ax.set_xlabel(f"window centre layer (k = {k})")
+            ax.set_xlabel(common.window_label(g, k), fontsize=8)
             ax.set_ylabel("Δp correct letter (%)" if c == 0 else "")
             if g.empty:
                 ax.text(0.5, 0.5, "no knockout records\n(only samples answered correctly are swept)",
@@ -89,17 +90,11 @@ def draw_curves(records: pd.DataFrame, meta: common.Meta, families, title: str) 
         handles = [Line2D([], [], color=colors[e], marker="o", markersize=3, label=common.arrow(e)) for e in members]
         axes[-1, c].legend(handles=handles, fontsize=8, title="edge (keys → queries)", title_fontsize=8,
                            loc="upper center", bbox_to_anchor=(0.5, -0.3), ncols=min(len(members), 3))
-    return common.finish(fig, title, meta, NOTE)
+    groups = common.groups_note(rows)
+    note = " ".join(filter(None, [NOTE, f"groups: {groups}." if groups else "", common.LAYERS_NOTE]))
+    return common.finish(fig, title, meta, note, excluded)
 
 
+@registry.figure("fig_knockout_av_video", TITLE, ("av_video_knockout",))
 def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
     return draw_curves(records, meta, FAMILIES, TITLE)
-
-
-def main(results_dir: str | Path = "results", out_dir: str | Path = "paper_figures/out") -> common.Rendered:
-    records, meta = common.load(results_dir, EXPERIMENT)
-    return common.render(NAME, TITLE, draw(records, meta), meta, out_dir)
-
-
-if __name__ == "__main__":
-    common.script(main)

@@ -9,16 +9,12 @@ One row per (model, direction): audio -> image (A->I) and image -> audio (I->A).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 from matplotlib.figure import Figure
 
-from paper_figures import common
+from paper_figures import common, registry
 from paper_figures.knockout_av import draw_curves
 
-EXPERIMENT = "interleaved_knockout"
-NAME = "fig_knockout_interleaved"
 TITLE = "Attention knockout per layer window: interleaved audio / image items"
 FAMILIES = (
     ("items → last", lambda src, dst: dst == "last" and src not in ("correct", "incorrect")),
@@ -28,14 +24,6 @@ FAMILIES = (
 )
 
 
+@registry.figure("fig_knockout_interleaved", TITLE, ("interleaved_knockout",))
 def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
     return draw_curves(records, meta, FAMILIES, TITLE)
-
-
-def main(results_dir: str | Path = "results", out_dir: str | Path = "paper_figures/out") -> common.Rendered:
-    records, meta = common.load(results_dir, EXPERIMENT)
-    return common.render(NAME, TITLE, draw(records, meta), meta, out_dir)
-
-
-if __name__ == "__main__":
-    common.script(main)

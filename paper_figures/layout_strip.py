@@ -3,10 +3,12 @@ which modality, and when.
 
 The layout is not in any experiment's records: it is read from
 ``results/layout/<model-slug>/layout.json``, which the figures driver (`paper_figures.make`)
-writes by *preparing* (no forward pass) the first sample of ``av_video_knockout`` and of
-``interleaved_knockout``. Per sample: a strip coloured by role (interleaving chunks and
-items marked, option letters labelled) and, below it, the time in seconds of each
-audio / video position.
+writes by *preparing* (no forward pass) the first sample of ``av_video_knockout``, and
+the first of ``interleaved_knockout`` in both interleaved layouts: the study's
+(``[candidates][question][reference][options]``, what the study's experiments use) and
+the data set's (items where the question names them). Per sample: a strip coloured by
+role (interleaving chunks and items marked, option letters labelled) and, below it, the
+time in seconds of each audio / video position.
 """
 
 from __future__ import annotations
@@ -19,11 +21,12 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from paper_figures import common
+from paper_figures import common, registry
 
-NAME = "fig_token_layout"
-TITLE = "Token layout of one sample per input configuration (TokenMap)"
+TITLE = "Token layout of one sample per input configuration and layout (TokenMap)"
 LAYOUT = "layout.json"
+LAYOUTS = {"study": "study's layout: [candidates][question][reference][options]",
+           "dataset": "data set's layout: items where the question names them"}
 NOTE = "strip: role of every sequence position; below: start time of audio / video positions; dashed: chunk boundaries."
 
 
@@ -33,7 +36,8 @@ def read(path: Path) -> tuple[pd.DataFrame, list[common.Source]]:
     frames, sources = [], []
     for s in layout["samples"]:
         f = pd.DataFrame(s["positions"]).assign(model=layout["model"], sample_id=s["sample_id"],
-                                                dataset=s["dataset"], answer=s.get("answer"))
+                                                dataset=s["dataset"], answer=s.get("answer"),
+                                                layout=s.get("layout", "dataset"))
         f["position"] = np.arange(len(f))
         f["item_kind"] = [s["item_kinds"][i] if i >= 0 else "" for i in f["item"]]
         frames.append(f)
@@ -42,7 +46,8 @@ def read(path: Path) -> tuple[pd.DataFrame, list[common.Source]]:
     return pd.concat(frames, ignore_index=True), sources
 
 
-def load(results_dir: str | Path) -> tuple[pd.DataFrame, common.Meta]:
+def load(results_dir: Path) -> tuple[pd.DataFrame, common.Meta]:
+    """Every model's layout file under ``results_dir/layout``."""
     paths = sorted((Path(results_dir) / "layout").glob(f"*/{LAYOUT}"))
     if not paths:
         raise FileNotFoundError(f"no {Path(results_dir) / 'layout'}/<model>/{LAYOUT}: the figures driver writes it")
@@ -74,16 +79,18 @@ def draw_strip(ax, f: pd.DataFrame, key: str) -> None:
     ax.tick_params(labelbottom=False)
 
 
+@registry.figure("fig_token_layout", TITLE, (), read=load)
 def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
-    samples = list(records.groupby(["model", "sample_id"], sort=False))
+    samples = list(records.groupby(["model", "sample_id", "layout"], sort=False))
     fig, axes = common.figure(2 * len(samples), 1, 14.0, 1.6, gridspec_kw={"height_ratios": [1, 1.6] * len(samples)})
-    for i, ((model, sample_id), f) in enumerate(samples):
+    for i, ((model, sample_id, layout), f) in enumerate(samples):
         strip, times = axes[2 * i, 0], axes[2 * i + 1, 0]
         f = f.sort_values("position")
-        key = f"{model}|{sample_id}"
+        key = f"{model}|{sample_id}|{layout}"
         draw_strip(strip, f, key)
         demo = " (RANDOM demo)" if common.is_demo(model) else ""
-        strip.set_title(f"{model}{demo} · {f['dataset'].iloc[0]} sample {sample_id} · {len(f)} positions",
+        shown = f" · {LAYOUTS[layout]}" if (f["item"] >= 0).any() else ""
+        strip.set_title(f"{model}{demo} · {f['dataset'].iloc[0]} sample {sample_id} · {len(f)} positions{shown}",
                         fontsize=9, pad=22)
         timed = f[f["time"].notna()]
         for role, g in timed.groupby("role", sort=False):
@@ -100,12 +107,3 @@ def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
     axes[-1, 0].legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.3), fontsize=8,
                        ncols=min(len(handles), 8), title="role", title_fontsize=8)
     return common.finish(fig, TITLE, meta, NOTE)
-
-
-def main(results_dir: str | Path = "results", out_dir: str | Path = "paper_figures/out") -> common.Rendered:
-    records, meta = load(results_dir)
-    return common.render(NAME, TITLE, draw(records, meta), meta, out_dir)
-
-
-if __name__ == "__main__":
-    common.script(main)

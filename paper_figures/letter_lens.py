@@ -9,21 +9,19 @@ chance (one over the number of options).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from paper_figures import common
+from paper_figures import common, registry
 
-EXPERIMENT = "letter_lens"
-NAME = "fig_letter_lens"
 TITLE = "Logit lens of the answer letters at the last position"
 NOTE = "probability: softmax over the whole vocabulary at each layer's output; bands: 95% CI (mean ± 1.96 SEM)."
 
 
+@registry.figure("fig_letter_lens", TITLE, ("letter_lens",))
 def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
+    records, excluded = common.usable(records, "p_layer")
     records = records.assign(top=(records["rank_layer"] == 0).astype(float))
     letters = records.filter(regex=r"^p_[A-Z]$")
     chance = 100 * (1 / letters.notna().sum(axis=1)).mean()
@@ -42,18 +40,9 @@ def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
                                  label=f"{common.arrow(task)} (n = {g['sample_id'].nunique()})",
                                  gid=f"{model}|{value}|{task}", band=overall and value == "p_layer",
                                  linewidth=2 if overall else 1)
-            ax.set(xlabel="layer (residual stream after it)", ylabel=what, ylim=(0, None))
+            ax.set(xlabel="layer (from 0; residual stream after it)", ylabel=what, ylim=(0, None))
             ax.set_title(f"{what}\n{model}{demo}", fontsize=9)
             common.layer_axis(ax)
         axes[r, 1].axhline(chance, color="grey", linestyle=":", label=f"chance ({chance:.0f}%)")
         axes[r, 1].legend(fontsize=8, title="samples", title_fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return common.finish(fig, TITLE, meta, NOTE)
-
-
-def main(results_dir: str | Path = "results", out_dir: str | Path = "paper_figures/out") -> common.Rendered:
-    records, meta = common.load(results_dir, EXPERIMENT)
-    return common.render(NAME, TITLE, draw(records, meta), meta, out_dir)
-
-
-if __name__ == "__main__":
-    common.script(main)
+    return common.finish(fig, TITLE, meta, f"{NOTE} {common.LAYERS_NOTE}", excluded)

@@ -1,20 +1,24 @@
 """The figures driver: every figure and table of the study, from one command.
 
-    python -m paper_figures [--results results] [--out paper_figures/out] [--model NAME]
-    avmech figures [--results DIR] [--out DIR] [--model NAME]     # the same
-    make figures                                                  # creates .venv first
+    python -m paper_figures [--results results] [--out paper_figures/out] [--model NAME ...] [--only NAME ...]
+    avmech figures [the same options]                          # this package's avmech.commands entry point
+    make figures                                               # creates .venv first
 
 1. Runs every ``experiments/*.toml`` whose ``results/<experiment>/<model>/records.parquet``
-   is missing (a half-done run resumes), on the file's model (the embedded random demo
-   model) or on ``--model``; experiments that read a sweep's results (effective_pathway)
-   run after the others.
+   is missing (a half-done run resumes; finished records of another configuration, or of
+   other inputs, are an error naming the folder), on each demo model, ``tiny-omni`` and
+   ``tiny-salmonn`` (random weights, one per family), or on the ``--model`` given; each
+   experiment after the experiments whose records it reads (its ``[inputs]`` table,
+   `avmech.experiment.in_order`).
 2. Writes ``results/layout/<model>/layout.json``, the TokenMap of the first sample of
-   ``av_video_knockout`` and of ``interleaved_knockout``, by ``avmech.load(model).prepare
-   (sample).tokens``: a prepare, no forward pass. This step, here and not in a figure
-   script, is the only model load of drawing; the figure scripts read saved files only.
-3. Draws every figure and table of `FIGURES` from every model directory found under the
-   results (real models' results drawn beside the demo's) into ``--out`` (PNG, PDF; tables
-   also Markdown, CSV), and writes ``index.md`` / ``index.html``.
+   ``av_video_knockout`` and of ``interleaved_knockout`` (in the study's layout and in the
+   data set's), by ``avmech.load(model).prepare(sample).tokens``: a prepare, no forward
+   pass. This step, here and not in a figure script, is the only model load of drawing;
+   the figure scripts read saved files only.
+3. Draws every figure and table the scripts declare (`paper_figures.registry`) from every
+   model directory found under the results (real models' results drawn beside the
+   demo's) into ``--out`` (PNG, PDF; tables also Markdown, CSV), and writes ``index.md`` /
+   ``index.html``. ``--only NAME`` draws those alone, running nothing.
 """
 
 from __future__ import annotations
@@ -22,87 +26,94 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
+import traceback
 from functools import cache
 from pathlib import Path
 
-from paper_figures import (
-    attention_vs_knockout,
-    discard_table,
-    index,
-    knockout_av,
-    knockout_interleaved,
-    layout_strip,
-    letter_lens,
-    pathway_table,
-    sinks_table,
-    window_ablation,
-)
+from paper_figures import index, layout_strip, registry
 
-FIGURES = (knockout_av, knockout_interleaved, window_ablation, attention_vs_knockout, letter_lens,
-           sinks_table, discard_table, pathway_table, layout_strip)
+DEMO = ("tiny-omni", "tiny-salmonn")
 LAYOUT_FROM = ("av_video_knockout", "interleaved_knockout")
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
-def run_missing(results: Path, experiments: Path, model: str | None, load) -> list[str]:
-    """Run the experiments without records (sweep readers last); returns their names."""
-    from avmech.experiment import load_experiment, results_dir, run_experiment
+def run_missing(results: Path, experiments: Path, models: tuple[str, ...], load) -> list[str]:
+    """Run, per model, the experiments without records (each after those it reads); returns "name on model"s."""
+    from avmech.experiment import in_order, load_experiment, run_experiment, up_to_date
 
-    exps = [load_experiment(p, model=model) for p in sorted(experiments.glob("*.toml"))]
     ran = []
-    for exp in sorted(exps, key=lambda e: "sweep" in e.params):
-        if (results_dir(exp, results) / "records.parquet").exists():
-            continue
-        print(f"running {exp.name} on {exp.model} ...", flush=True)
-        run_experiment(exp, results, model=load(exp.model, exp.seed))
-        ran.append(exp.name)
+    for model in models:
+        for exp in in_order(load_experiment(p, model=model) for p in sorted(experiments.glob("*.toml"))):
+            if up_to_date(exp, results):  # records of another configuration: an error naming the folder
+                continue
+            print(f"running {exp.name} on {exp.model} ...", flush=True)
+            run_experiment(exp, results, model=load(exp.model, exp.seed))
+            ran.append(f"{exp.name} on {exp.model}")
     return ran
 
 
-def write_layout(results: Path, experiments: Path, model: str | None, load) -> Path:
-    """``results/layout/<model>/layout.json`` from prepared samples (no forward pass), unless present."""
-    from avmech.experiment import load_experiment, load_samples
-    from avmech.store import environment, slug
+def layout_sample(tokens, sample, exp, layout: str) -> dict:
+    """One prepared sample's map as the layout file stores it."""
     from avmech.tokens import ITEM_ROLES
 
+    return {
+        "sample_id": sample.id, "dataset": exp.data.dataset, "data_root": exp.data.root, "layout": layout,
+        "answer": tokens.answer, "item_kinds": list(tokens.item_kinds),
+        "positions": {"role": tokens.roles, "time": [None if math.isnan(x) else float(x) for x in tokens.time],
+                      "chunk": tokens.chunk.tolist(), "item": tokens.item.tolist(), "option": tokens.option.tolist(),
+                      "item_role": [ITEM_ROLES[i] for i in tokens.item_role]},
+    }
+
+
+def write_layout(results: Path, experiments: Path, model: str, load) -> Path:
+    """``results/layout/<model>/layout.json`` from prepared samples (no forward pass), unless present."""
+    import dataclasses
+
+    from avmech.experiment import load_experiment, load_samples
+    from avmech.store import environment, slug
+
     exps = [load_experiment(experiments / f"{name}.toml", model=model) for name in LAYOUT_FROM]
-    path = results / "layout" / slug(exps[0].model) / layout_strip.LAYOUT
+    path = results / "layout" / slug(model) / layout_strip.LAYOUT
     if path.exists():
         return path
-    m = load(exps[0].model, exps[0].seed)
+    m = load(model, exps[0].seed)
     samples = []
     for exp in exps:
         sample = load_samples(exp.data, exp.seed)[0]
-        t = m.prepare(sample).tokens
-        samples.append({
-            "sample_id": sample.id, "dataset": exp.data.dataset, "data_root": exp.data.root, "answer": t.answer,
-            "item_kinds": list(t.item_kinds),
-            "positions": {"role": t.roles, "time": [None if math.isnan(x) else float(x) for x in t.time],
-                          "chunk": t.chunk.tolist(), "item": t.item.tolist(), "option": t.option.tolist(),
-                          "item_role": [ITEM_ROLES[i] for i in t.item_role]},
-        })
+        layouts = [sample.layout] + ([other for other in ("study", "dataset") if other != sample.layout]
+                                     if sample.items else [])
+        for layout in layouts:
+            shown = dataclasses.replace(sample, layout=layout)
+            samples.append(layout_sample(m.prepare(shown).tokens, shown, exp, layout))
     path.parent.mkdir(parents=True, exist_ok=True)
-    layout = {"model": exps[0].model, "git_revision": environment()["git_revision"], "samples": samples}
+    layout = {"model": model, "git_revision": environment()["git_revision"], "samples": samples}
     path.write_text(json.dumps(layout, indent=1))
     return path
 
 
-def render(results: Path, out: Path) -> tuple[list, list[tuple[str, str]]]:
-    """Draw every figure whose results exist; (rendered, [(name, why not drawn)])."""
+def render(results: Path, out: Path, only: tuple[str, ...] = ()) -> tuple[list, list[tuple[str, str]]]:
+    """Draw every declared figure (or those named in ``only``) whose results exist; (rendered, [(name, why not)])."""
     rendered, missing = [], []
-    for module in FIGURES:
+    entries = registry.entries()
+    unknown = sorted(set(only) - {e.name for e in entries})
+    if unknown:
+        raise SystemExit(f"unknown figure {unknown}: the figures are {', '.join(e.name for e in entries)}")
+    for entry in entries:
+        if only and entry.name not in only:
+            continue
         try:
-            rendered.append(module.main(results, out))
-            print(f"drew {module.NAME}", flush=True)
+            rendered.append(registry.render(entry, results, out))
+            print(f"drew {entry.name}", flush=True)
         except FileNotFoundError as e:
-            missing.append((module.NAME, str(e)))
-            print(f"skipped {module.NAME}: {e}", flush=True)
+            missing.append((entry.name, str(e)))
+            print(f"skipped {entry.name}: {e}", flush=True)
     return rendered, missing
 
 
-def make(results: str | Path = "results", out: str | Path = "paper_figures/out", model: str | None = None,
-         experiments: str | Path = EXPERIMENTS) -> Path:
-    """Run what is missing, write the layout, draw everything; returns the index.md path."""
+def make(results: str | Path = "results", out: str | Path = "paper_figures/out", models: tuple[str, ...] = DEMO,
+         experiments: str | Path = EXPERIMENTS, only: tuple[str, ...] = ()) -> Path:
+    """Run what is missing, write the layouts, draw everything; returns the index.md path."""
     results, out, experiments = Path(results), Path(out), Path(experiments)
 
     @cache
@@ -111,16 +122,30 @@ def make(results: str | Path = "results", out: str | Path = "paper_figures/out",
 
         return avmech.load(name, seed=seed)
 
-    run_missing(results, experiments, model, load)
-    write_layout(results, experiments, model, load)
-    rendered, missing = render(results, out)
+    if not only:
+        run_missing(results, experiments, tuple(models), load)
+        for model in models:
+            write_layout(results, experiments, model, load)
+    rendered, missing = render(results, out, tuple(only))
     return index.write(rendered, missing, out)[0]
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m paper_figures", description=__doc__.split("\n")[0])
-    parser.add_argument("--results", default="results", help="results root (results/<experiment>/<model>/)")
-    parser.add_argument("--out", default="paper_figures/out", help="where the figures and the index go")
-    parser.add_argument("--model", default=None, help="run missing experiments on this model (default: each file's)")
-    args = parser.parse_args(argv)
-    print(f"index: {make(args.results, args.out, args.model)}")
+    """``python -m paper_figures`` and ``avmech figures``: an avmech error is one line and its exit status."""
+    from avmech.cli import exit_status, one_line
+    from avmech.errors import AVMechError
+
+    parser = argparse.ArgumentParser(prog="avmech figures", description=__doc__.split("\n")[0])
+    parser.add_argument("--results", type=Path, default=Path("results"), help="results root (results/<exp>/<model>/)")
+    parser.add_argument("--out", type=Path, default=Path("paper_figures/out"), help="where the figures and index go")
+    parser.add_argument("--model", action="append", default=None,
+                        help=f"run missing experiments on this model (repeat for several; default: {', '.join(DEMO)})")
+    parser.add_argument("--only", action="append", default=[], help="draw only this figure (repeat); runs nothing")
+    parser.add_argument("--debug", action="store_true", help="on an error, print its traceback instead of one line")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        path = make(args.results, args.out, tuple(args.model or DEMO), only=tuple(args.only))
+    except AVMechError as e:
+        print("".join(traceback.format_exception(e)) if args.debug else f"error: {one_line(e)}", file=sys.stderr)
+        raise SystemExit(exit_status(e)) from e
+    print(f"index: {path}")

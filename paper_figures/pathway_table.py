@@ -3,40 +3,21 @@
 Per model and task (and all samples): accuracy of the full model and with only the
 (edge, window)s the sweep found necessary left open, the mean dp of the correct letter,
 and the fraction of the swept edges (edges x layers) kept. If accuracy survives with few
-edges kept, the necessary edges are also (nearly) sufficient. Written as a table image
-(PNG, PDF), Markdown and CSV.
+edges kept, the necessary edges are also (nearly) sufficient. Samples in which none of
+the sweep's edges exists are counted apart (``not applied``), and runs without a finite
+answer are left out and counted (``excluded``). Written as a table image (PNG, PDF),
+Markdown and CSV.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
-from matplotlib.figure import Figure
 
-from paper_figures import common
+from paper_figures import common, registry
 
-EXPERIMENT = "effective_pathway"
-NAME = "table_effective_pathway"
 TITLE = "Effective pathway: only the necessary edges kept"
 NOTE = ("necessary: (edge, layers) whose knockout lowered p(correct letter) by more than the threshold on "
         "average in av_video_knockout; every other swept (edge, window) is blocked at once.")
-
-
-def table(records: pd.DataFrame) -> pd.DataFrame:
-    """The numbers: one row per (model, task), "all" first."""
-    rows = []
-    for model in common.order_models(records["model"].unique()):
-        for task, g in common.tasks(records[records["model"] == model]):
-            necessary = sorted({e for s in g["necessary"].dropna() for e in s.split(";") if e})
-            rows.append({"model": model, "data": g["dataset"].iloc[0], "task": task,
-                         "samples": g["sample_id"].nunique(),
-                         "accuracy_full_pct": 100 * g["correct_base"].astype(float).mean(),
-                         "accuracy_pathway_pct": 100 * g["correct"].astype(float).mean(),
-                         "dp_pct": 100 * g["dp"].mean(),
-                         "edges_kept_pct": 100 * g["fraction_kept"].mean(),
-                         "necessary": ";".join(necessary)})
-    return pd.DataFrame(rows)
 
 
 def formatted(t: pd.DataFrame) -> pd.DataFrame:
@@ -44,6 +25,7 @@ def formatted(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "model": [f"{m}\n(RANDOM demo)" if common.is_demo(m) else m for m in t["model"]],
         "data": t["data"], "task": t["task"], "n": t["samples"],
+        "not applied /\nexcluded": t["not_applied"].astype(str) + " / " + t["excluded"].astype(str),
         "accuracy %\nfull model": t["accuracy_full_pct"].map(common.cell(".1f")),
         "accuracy %\npathway only": t["accuracy_pathway_pct"].map(common.cell(".1f")),
         "mean Δp %": t["dp_pct"].map(common.cell("+.2f")),
@@ -53,15 +35,21 @@ def formatted(t: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
-    return common.table_figure(formatted(table(records)), TITLE, meta, NOTE)
-
-
-def main(results_dir: str | Path = "results", out_dir: str | Path = "paper_figures/out") -> common.Rendered:
-    records, meta = common.load(results_dir, EXPERIMENT)
-    t = table(records)
-    return common.render_table(NAME, TITLE, NOTE, t, formatted(t), draw(records, meta), meta, out_dir)
-
-
-if __name__ == "__main__":
-    common.script(main)
+@registry.table("table_effective_pathway", TITLE, ("effective_pathway",), cells=formatted,
+                note=f"{NOTE} {common.LAYERS_NOTE}")
+def table(records: pd.DataFrame) -> pd.DataFrame:
+    """The numbers: one row per (model, task), "all" first."""
+    rows = []
+    for model in common.order_models(records["model"].unique()):
+        for task, g in common.tasks(records[records["model"] == model]):
+            ran, not_applied = common.applied(g)
+            kept, excluded = common.usable(ran, "p_correct")
+            necessary = sorted({e for s in g["necessary"].dropna() for e in s.split(";") if e})
+            rows.append({"model": model, "data": g["dataset"].iloc[0], "task": task,
+                         "samples": g["sample_id"].nunique(), "not_applied": not_applied, "excluded": excluded,
+                         "accuracy_full_pct": 100 * kept["correct_base"].astype(float).mean(),
+                         "accuracy_pathway_pct": 100 * kept["correct"].astype(float).mean(),
+                         "dp_pct": 100 * common.usable(kept, "dp")[0]["dp"].mean(),
+                         "edges_kept_pct": 100 * kept["fraction_kept"].mean(),
+                         "necessary": ";".join(necessary)})
+    return pd.DataFrame(rows)

@@ -10,24 +10,21 @@ that blocks as many randomly drawn edges into the same queries (the effect is ab
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
-from paper_figures import common
+from paper_figures import common, registry
 
-EXPERIMENT = "av_video_window_ablation"
-NAME = "fig_window_ablation"
 TITLE = "Window-size ablation of the knockout, with the random-edge control"
 NOTE = ("top: mean dp over samples answered correctly (all tasks); bottom: strongest drop = min over windows of "
         "the mean dp; random: as many random edges into the same queries, keys outside the source group.")
 
 
 def strongest_drop(rows: pd.DataFrame) -> pd.Series:
-    """Per window size k: min over window centres of the mean dp (%)."""
-    return rows.groupby(["k", "centre"])["dp"].mean().groupby("k").min() * 100
+    """Per window size k: min over window centres of the mean dp (%), over the `common.usable` records."""
+    kept, _ = common.usable(rows, "dp")
+    return kept.groupby(["k", "centre"])["dp"].mean().groupby("k").min() * 100
 
 
 def size_label(rows: pd.DataFrame, k: int) -> str:
@@ -36,8 +33,10 @@ def size_label(rows: pd.DataFrame, k: int) -> str:
     return f"k = {k}" if widest >= k else f"k = {k} (cut to depth {widest})"
 
 
+@registry.figure("fig_window_ablation", TITLE, ("av_video_window_ablation",))
 def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
     rows = records[records["condition"] != "base"]
+    excluded = common.usable(rows, "dp")[1]
     edges = list(dict.fromkeys(rows["edge"]))
     models = common.order_models(rows["model"].unique())
     sizes = sorted(int(k) for k in rows["k"].unique())
@@ -55,7 +54,7 @@ def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
             top.axhline(0, color="black", linewidth=0.6)
             common.layer_axis(top)
             top.set(title=f"{common.arrow(edge)}: knockout curves\n{model}{demo} · n = {g['sample_id'].nunique()}",
-                    xlabel="window centre layer", ylabel="Δp correct letter (%)" if c == 0 else "")
+                    xlabel="window centre layer (from 0)", ylabel="Δp correct letter (%)" if c == 0 else "")
             top.title.set_fontsize(9)
             for control, style, color in (("edge", "-", "#1f77b4"), ("random", "--", "#7f7f7f")):
                 drop = strongest_drop(g[g["control"] == control])
@@ -71,13 +70,4 @@ def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
                                bbox_to_anchor=(1.02, 1))
         axes[2 * m + 1, -1].legend(fontsize=8, title="knocked out", title_fontsize=8, loc="upper left",
                                    bbox_to_anchor=(1.02, 1))
-    return common.finish(fig, TITLE, meta, NOTE)
-
-
-def main(results_dir: str | Path = "results", out_dir: str | Path = "paper_figures/out") -> common.Rendered:
-    records, meta = common.load(results_dir, EXPERIMENT)
-    return common.render(NAME, TITLE, draw(records, meta), meta, out_dir)
-
-
-if __name__ == "__main__":
-    common.script(main)
+    return common.finish(fig, TITLE, meta, f"{NOTE} {common.LAYERS_NOTE}", excluded)

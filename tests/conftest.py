@@ -57,6 +57,20 @@ def salmonn_eager():
 
 
 @pytest.fixture(scope="session")
+def qwen3_omni():
+    import avmech
+
+    return avmech.load("tiny-qwen3-omni", seed=0)
+
+
+@pytest.fixture(scope="session")
+def qwen3_omni_eager():
+    import avmech
+
+    return avmech.load("tiny-qwen3-omni", seed=0, attn_implementation="eager")
+
+
+@pytest.fixture(scope="session")
 def media_dir(tmp_path_factory):
     """clip.mp4 (4.5 s, 8 fps, a moving square, a rising chirp), silent.mp4, tone.wav, img*.png."""
     d = tmp_path_factory.mktemp("media")

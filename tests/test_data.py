@@ -587,3 +587,17 @@ def test_ensure_writes_once_into_the_cache(tmp_path, monkeypatch):
     assert len(read("worldsense", root)) == 3
     monkeypatch.undo()
     assert synthetic.ensure("av-odyssey", tmp_path / "own", n=2).parent == tmp_path / "own"
+
+
+def test_synthetic_clips_last_as_long_as_asked_and_keep_their_answers(tmp_path):
+    root = synthetic.ensure("av-speakerbench", tmp_path, n=2, seconds=12)
+    assert root.name == f"av-speakerbench-n2-seed0-12s-v{synthetic.VERSION}"
+    for s in read("av-speakerbench", root):
+        info = media.probe(s.video)
+        assert info.duration_s == pytest.approx(12, abs=0.2) and s.meta["end_time"] == 12
+        assert _measured(s.meta["task_id"], s.video) == s.options[s.answer], s.id
+    items = read("av-odyssey", synthetic.ensure("av-odyssey", tmp_path, n=2, seconds=5))
+    audio = next(it for it in items[0].items if it.kind == "audio")
+    assert len(media.read_audio(audio.data)) == pytest.approx(5 * synthetic.SR, abs=10)
+    with pytest.raises(InputError, match="seconds=0.5"):
+        synthetic.write("worldsense", tmp_path / "x", n=2, seconds=0.5)

@@ -1,5 +1,6 @@
 """paper_figures: each figure/table drawn from a small hand-made record set shows exactly
-the numbers of those records; the driver renders everything from saved files alone."""
+the numbers of those records, and says what it left out; the driver renders everything
+from saved files alone."""
 
 from __future__ import annotations
 
@@ -10,17 +11,21 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from avmech.experiment import load_experiment
 from paper_figures import (
     attention_vs_knockout,
     common,
     discard_table,
+    knockout_accuracy,
     knockout_av,
     knockout_interleaved,
     layout_strip,
     letter_lens,
     make,
-    pathway_table,
-    sinks_table,
+    norm_sinks_table,
+    registry,
+    reliance,
+    spikes_table,
     window_ablation,
 )
 
@@ -44,6 +49,14 @@ def cells(fig) -> list[list[str]]:
     n_rows = 1 + max(r for r, _ in table.get_celld())
     n_cols = 1 + max(c for _, c in table.get_celld())
     return [[table[r, c].get_text().get_text() for c in range(n_cols)] for r in range(n_rows)]
+
+
+def footnotes(fig) -> str:
+    return " ".join(t.get_text() for t in fig.texts).replace("\n", " ")
+
+
+def table_draw(name: str):
+    return {e.name: e for e in registry.entries()}[name].draw
 
 
 def assert_titled(fig, *models: str, data: str = "av-speakerbench") -> None:
@@ -85,6 +98,23 @@ def knockout(edges, model=DEMO, tasks=((SPEAKER, ("s1", "s2", "s3")), (VISUAL, (
 AV_EDGES = (("audio", "question"), ("video", "last"), ("last", "last"))
 
 
+def write_results(root, name, frame) -> None:
+    """``frame`` as the finished records of experiment ``name`` on the demo model, with the metadata a run writes
+    (for an experiment of the study: its configuration and fingerprint, its inputs' records already there)."""
+    from avmech.experiment import fingerprint, load_inputs
+
+    d = root / name / DEMO
+    d.mkdir(parents=True)
+    frame.assign(experiment=name, model=DEMO, dataset="av-speakerbench").to_parquet(d / "records.parquet")
+    config = {"name": name, "model": DEMO, "data": {"dataset": "av-speakerbench", "root": "synthetic"}}
+    if (make.EXPERIMENTS / f"{name}.toml").exists():
+        exp = load_experiment(make.EXPERIMENTS / f"{name}.toml", model=DEMO)
+        config = exp.model_dump()
+        (d / "fingerprint.json").write_text(json.dumps(fingerprint(exp, inputs=load_inputs(exp, root)), default=str))
+    (d / "config.json").write_text(json.dumps(config, default=str))
+    (d / "env.json").write_text(json.dumps([{"git_revision": "0123abcd"}]))
+
+
 # ---- helpers -----------------------------------------------------------------------------
 def test_mean_ci_is_mean_plus_minus_1_96_sem():
     mean, lo, hi = common.mean_ci([0.1, 0.3, 0.8])
@@ -94,9 +124,9 @@ def test_mean_ci_is_mean_plus_minus_1_96_sem():
 
 
 def test_demo_models_are_the_embedded_ones():
-    from avmech.models import EMBEDDED
+    from avmech.models import embedded
 
-    assert common.DEMO_MODELS == set(EMBEDDED)
+    assert common.DEMO_MODELS == set(embedded())
 
 
 # ---- figures -----------------------------------------------------------------------------
@@ -113,7 +143,7 @@ def test_knockout_av_means_per_window_task_and_model():
     # one row per (model, task), one panel per edge family; real model first, the demo marked
     assert len(fig.axes) == 2 * 2 * 3
     titles = [ax.get_title() for ax in fig.axes]
-    assert titles[0].startswith("modality → question") and REAL in titles[0] and "RANDOM" not in titles[0]
+    assert titles[0].startswith("audio / video → question block") and REAL in titles[0] and "RANDOM" not in titles[0]
     assert "last → last" in titles[2] and DEMO in titles[-1] and "RANDOM demo" in titles[-1]
     assert_titled(fig, DEMO, REAL)
 
@@ -206,87 +236,123 @@ def test_letter_lens_mean_per_task_and_top_rank_with_chance():
     assert_titled(fig, DEMO)
 
 
-def test_sinks_table_numbers_and_files(tmp_path):
+def test_norm_sinks_table_numbers_and_files(tmp_path):
     rows = [
         {"sample_id": "s1", "category": SPEAKER, "n_sinks": 3, "sinks_video": 2, "sinks_system": 1,
          "sink_mass_last": 0.5, "correct": True, "correct_sink_knockout": True, "dp_sink_knockout": -0.02},
         {"sample_id": "s2", "category": SPEAKER, "n_sinks": 1, "sinks_video": 1, "sink_mass_last": 0.3,
          "correct": False, "correct_sink_knockout": True, "dp_sink_knockout": 0.04},
-        {"sample_id": "s3", "category": VISUAL, "n_sinks": 0, "correct": True},  # no sinks: answer kept
+        {"sample_id": "s3", "category": VISUAL, "n_sinks": 0, "correct": True},  # no sinks: counted apart
+        {"sample_id": "s4", "category": VISUAL, "n_sinks": 2, "sinks_audio": 2, "sink_mass_last": 0.1,
+         "correct": True, "correct_sink_knockout": False, "dp_sink_knockout": float("nan")},  # excluded
     ]
     records = pd.DataFrame(rows).assign(model=DEMO, dataset="av-speakerbench")
-    fig = sinks_table.draw(records, meta("attention_sinks", DEMO))
+    fig = table_draw("table_norm_sinks")(records, meta("norm_sinks", DEMO))
     grid = cells(fig)
     header, all_row, speaker = grid[0], dict(zip(grid[0], grid[1])), dict(zip(grid[0], grid[2]))
     assert header[:4] == ["model", "data", "task", "n"]
-    assert all_row["task"] == "all" and all_row["n"] == "3" and all_row["sinks\nper sample"] == "1.3"
-    assert all_row["sinks per sample\nby role"] == "video 1.0\nsystem 0.3"  # most frequent first
-    assert all_row["attention mass\nlast → sinks %"] == "40.0"
-    assert all_row["accuracy\n%"] == "66.7" and all_row["accuracy %\nsinks masked"] == "100.0"
-    assert all_row["mean Δp %\nsinks masked"] == "+1.00"
-    assert speaker["task"] == SPEAKER and speaker["accuracy\n%"] == "50.0" and speaker["n"] == "2"
+    assert all_row["task"] == "all" and all_row["n"] == "4" and all_row["no sinks /\nexcluded"] == "1 / 1"
+    assert all_row["sinks per sample\nby role"] == "video 0.8\naudio 0.5\nsystem 0.2"  # most frequent first
+    assert all_row["attention mass\nlast → sinks %"] == "30.0"
+    assert all_row["accuracy %\n(with sinks)"] == "50.0" and all_row["accuracy %\nsinks cut"] == "100.0"
+    assert all_row["mean Δp %\nsinks cut"] == "+1.00"
+    assert speaker["task"] == SPEAKER and speaker["n"] == "2"
+    assert "excluded" in footnotes(fig) and "not the study's test" in norm_sinks_table.__doc__
     assert_titled(fig, DEMO)
-    # main writes the image, Markdown (title, sources, same cells) and CSV (numbers)
-    d = tmp_path / "attention_sinks" / DEMO
-    d.mkdir(parents=True)
-    records.to_parquet(d / "records.parquet")
-    (d / "config.json").write_text(json.dumps({"name": "attention_sinks", "model": DEMO,
-                                               "data": {"dataset": "av-speakerbench", "root": "synthetic"}}))
-    files = sinks_table.main(tmp_path, tmp_path / "out").files
+    # render writes the image, Markdown (title, sources, same cells) and CSV (numbers)
+    write_results(tmp_path, "norm_sinks", records)
+    files = registry.render(registry.REGISTRY["table_norm_sinks"], tmp_path, tmp_path / "out").files
     assert sorted(p.suffix for p in files) == [".csv", ".md", ".pdf", ".png"]
-    md = (tmp_path / "out" / "table_attention_sinks.md").read_text()
-    assert "RANDOM demo model" in md and "| video 1.0<br>system 0.3 |" in md
-    csv = pd.read_csv(tmp_path / "out" / "table_attention_sinks.csv")
-    assert csv.loc[0, "sink_mass_last_pct"] == pytest.approx(40.0)
+    md = (tmp_path / "out" / "table_norm_sinks.md").read_text()
+    assert "RANDOM demo model" in md and "| video 0.8<br>audio 0.5<br>system 0.2 |" in md and "excluded:" in md
+    csv = pd.read_csv(tmp_path / "out" / "table_norm_sinks.csv")
+    assert csv.loc[0, "sink_mass_last_pct"] == pytest.approx(30.0) and csv.loc[0, "excluded"] == 1
+
+
+def test_spikes_table_accuracy_before_and_after_masking():
+    rows = [
+        {"sample_id": "s1", "category": SPEAKER, "n_spikes": 3, "spike_layers": "2:1;3:2", "spike_mass": 0.4,
+         "correct": True, "p_correct": 0.5, "correct_masked": False, "dp_masked": -0.5},
+        {"sample_id": "s2", "category": SPEAKER, "n_spikes": 1, "spike_layers": "3:1", "spike_mass": 0.2,
+         "correct": False, "p_correct": 0.2, "correct_masked": True, "dp_masked": 0.1},
+        {"sample_id": "s3", "category": VISUAL, "n_spikes": 0, "spike_layers": "", "correct": True,
+         "p_correct": 0.6},  # nothing to mask: answers as before, counted apart
+    ]
+    records = pd.DataFrame(rows).assign(model=DEMO, dataset="av-speakerbench", ratio=10.0, max_ratio=14.0)
+    t = spikes_table.table(records)
+    row = t.iloc[0]
+    assert row["task"] == "all" and row["with_spikes"] == 2 and row["spike_layers"] == "L2: 1, L3: 3"
+    assert row["accuracy_spiked_pct"] == pytest.approx(50) and row["accuracy_spiked_masked_pct"] == pytest.approx(50)
+    assert row["accuracy_pct"] == pytest.approx(200 / 3) and row["accuracy_all_masked_pct"] == pytest.approx(200 / 3)
+    assert row["dp_masked_pct"] == pytest.approx(-20) and row["spike_mass_pct"] == pytest.approx(30)
+    grid = cells(table_draw("table_attention_spikes")(records, meta("attention_spikes", DEMO)))
+    assert dict(zip(grid[0], grid[1]))["spikes by layer"] == "L2: 1\nL3: 3"
+
+
+def discard_records(settings, task_col, tasks) -> pd.DataFrame:
+    rows = []
+    for i, (sid, task) in enumerate(zip(("s1", "s2", "s3"), tasks)):
+        for setting, correct, ms, full_ms in settings(i):
+            full = setting == "full"
+            rows.append({"model": DEMO, "sample_id": sid, task_col: task, "setting": setting, "applies": True,
+                         "condition": setting if full else f"discard|{setting}",
+                         "drops": None if full else "video@25", "correct": correct, "finite": True,
+                         "layer_source": None if full else "fraction 0.72 of 36 layers",
+                         "gen_correct": correct and i == 0, "gen_pred": 0 if i == 0 else None,
+                         "p_correct": 0.5 + 0.1 * i, "prefill_ms": ms, "llm_ms": ms / 2, "n_tokens": 100,
+                         "n_kept_last_layer": 100 if full else 60 + 10 * i,
+                         "full_prefill_ms": None if full else full_ms, "full_llm_ms": None if full else full_ms / 2})
+    return pd.DataFrame(rows)
 
 
 def test_discard_table_accuracy_time_and_ratio():
-    def frame(settings, task_col, tasks):
-        rows = []
-        for i, (sid, task) in enumerate(zip(("s1", "s2", "s3"), tasks)):
-            for setting, correct, ms, full_ms in settings(i):
-                rows.append({"model": DEMO, "sample_id": sid, task_col: task, "setting": setting,
-                             "condition": setting if setting == "full" else f"discard|{setting}",
-                             "drops": None if setting == "full" else "video@25", "correct": correct,
-                             "p_correct": 0.5 + 0.1 * i, "prefill_ms": ms, "n_tokens": 100,
-                             "n_kept_last_layer": 100 if setting == "full" else 60 + 10 * i,
-                             "full_prefill_ms": None if setting == "full" else full_ms})
-        return pd.DataFrame(rows)
-
     # full: 10/20/30 ms; video: 9/10/27 ms against 10/20/30 side by side -> ratios .9/.5/.9, median .9
     def video_runs(i):
         return [("full", True, 10.0 * (i + 1), None), ("video", i != 1, [9.0, 10.0, 27.0][i], 10.0 * (i + 1))]
 
-    video = frame(video_runs, "category", (SPEAKER, SPEAKER, VISUAL))
-    inter = frame(lambda i: [("full", i == 0, 5.0, None)], "direction", ("A->I", "I->A", "I->A"))
+    video = discard_records(video_runs, "category", (SPEAKER, SPEAKER, VISUAL))
+    # a setting that removed nothing in s3 (flagged, no numbers) and a non-finite run in s2 (excluded)
+    video = pd.concat([video, pd.DataFrame([{"model": DEMO, "sample_id": "s3", "category": VISUAL,
+                                             "setting": "image", "condition": "discard|image", "applies": False,
+                                             "skip_reason": "no drop of this setting removes anything here"}])])
+    video.loc[(video["sample_id"] == "s2") & (video["setting"] == "video"), ["finite", "p_correct"]] = [False, np.nan]
+    inter = discard_records(lambda i: [("full", i == 0, 5.0, None)], "direction", ("A->I", "I->A", "I->A"))
+    world = discard_records(lambda i: [("full", True, 7.0, None)], "task_domain", ("Recognition",) * 3)
     records = {"token_discard": video.assign(dataset="av-speakerbench"),
-               "token_discard_interleaved": inter.assign(dataset="av-odyssey")}
+               "token_discard_interleaved": inter.assign(dataset="av-odyssey"),
+               "worldsense_discard": world.assign(dataset="worldsense")}
     t = discard_table.table(records)
-    assert list(t["setting"]) == ["full", "video", "full"]
-    fig = discard_table.draw(records, meta("token_discard", DEMO))
+    assert list(t["setting"]) == ["full", "video", "image", "full", "full"]
+    fig = table_draw("table_token_discard")(records, meta("token_discard", DEMO))
     grid = cells(fig)
-    full, vid, odyssey = (dict(zip(grid[0], row)) for row in grid[1:])
-    assert full["accuracy\n%"] == "100.0" and vid["accuracy\n%"] == "66.7" and vid["Δ acc\n(pp)"] == "-33.3"
-    assert vid["accuracy %\nby task"] == f"{SPEAKER} 50.0\n{VISUAL} 100.0"
-    assert full["prefill ms\n(median)"] == "20.00" and vid["prefill ms\n(median)"] == "10.00"
-    assert vid["full ms\n(side by side)"] == "20.00" and vid["ratio\nto full"] == "0.900\n(-10.0%)"
+    full, vid, image, odyssey, world = (dict(zip(grid[0], row)) for row in grid[1:])
+    assert vid["n / not applied\n/ excluded"] == "2 / 0 / 1" and image["n / not applied\n/ excluded"] == "0 / 1 / 0"
+    assert image["acc letter %\n(Δ pp)"] == "—" and image["prefill ratio"] == "—"
+    assert full["acc letter %\n(Δ pp)"] == "100.0" and vid["acc letter %\n(Δ pp)"] == "100.0 (+0.0)"
+    assert vid["acc generated %\n(Δ pp)"] == "50.0 (+16.7)\n1 no letter"
+    assert vid["acc letter %\nby task"] == f"{SPEAKER} 100.0\n{VISUAL} 100.0"
+    assert full["prefill ms\n(full, side by side)"] == "20.0\n(—)" and vid["prefill ms\n(full, side by side)"] == "18.0\n(20.0)"
+    assert vid["prefill ratio"] == "0.900\n(-10.0%)" and vid["LLM ms /\nLLM ratio"] == "9.0\n0.900"
     assert vid["mean\np(correct)"] == "0.6" and vid["tokens kept\nlast layer %"] == "70"
-    assert vid["dropped\n(after layer)"] == "video after L25"
-    assert odyssey["data"] == "av-odyssey" and odyssey["accuracy %\nby task"] == "A->I 100.0\nI->A 0.0"
+    assert vid["dropped after layer\n(how chosen)"] == "video after L25\n(fraction 0.72 of 36 layers)"
+    assert odyssey["data"] == "av-odyssey" and odyssey["acc letter %\nby task"] == "A->I 100.0\nI->A 0.0"
+    assert world["data"] == "worldsense"
+    assert "encoders" in footnotes(fig) and "layers numbered from 0" in footnotes(fig)
     assert_titled(fig, DEMO)
 
 
 def test_pathway_table():
     records = pd.DataFrame([
         {"sample_id": "s1", "category": SPEAKER, "correct_base": True, "correct": True, "dp": -0.1,
-         "fraction_kept": 0.2, "necessary": "audio->question@0-7;video->last@7-14"},
+         "p_correct": 0.4, "fraction_kept": 0.2, "applies": True, "necessary": "audio->question@0-7;video->last@7-14"},
         {"sample_id": "s2", "category": VISUAL, "correct_base": True, "correct": False, "dp": -0.5,
-         "fraction_kept": 0.4, "necessary": "audio->question@0-7;video->last@7-14"},
+         "p_correct": 0.1, "fraction_kept": 0.4, "applies": True, "necessary": "audio->question@0-7;video->last@7-14"},
+        {"sample_id": "s3", "category": VISUAL, "applies": False, "necessary": ""},
     ]).assign(model=REAL, dataset="av-speakerbench")
-    fig = pathway_table.draw(records, meta("effective_pathway", REAL))
+    fig = table_draw("table_effective_pathway")(records, meta("effective_pathway", REAL))
     grid = cells(fig)
     row = dict(zip(grid[0], grid[1]))
-    assert row["model"] == REAL and row["task"] == "all"
+    assert row["model"] == REAL and row["task"] == "all" and row["not applied /\nexcluded"] == "1 / 0"
     assert row["accuracy %\nfull model"] == "100.0" and row["accuracy %\npathway only"] == "50.0"
     assert row["mean Δp %"] == "-30.00" and row["edges kept %\n(edges × layers)"] == "30.0"
     assert row["necessary (edge @ layers)"] == "audio → question @ L0-7\nvideo → last @ L7-14"
@@ -313,7 +379,7 @@ def test_layout_strip_colours_each_position_by_role(tmp_path):
     records, sources = layout_strip.read(path)
     fig = layout_strip.draw(records, common.Meta(tuple(sources)))
     strip, times = fig.axes[0], fig.axes[1]
-    key = f"{DEMO}|av-speakerbench/q0"
+    key = f"{DEMO}|av-speakerbench/q0|dataset"
 
     def covered(role):
         (coll,) = [c for c in strip.collections if c.get_gid() == f"{key}|{role}"]
@@ -330,113 +396,92 @@ def test_layout_strip_colours_each_position_by_role(tmp_path):
     assert_titled(fig, DEMO)
 
 
-# ---- the driver --------------------------------------------------------------------------
-def hand_made_results(root, skip=()) -> None:
-    """Hand-made records for every experiment of the study (no model run), with config/env files."""
-    av = knockout(AV_EDGES + (("video", "question"), ("audio", "last"), ("question", "last")))
-    frames = {
-        "av_video_knockout": av,
-        "interleaved_knockout": knockout((("candidates", "last"), ("candidates", "reference")),
-                                         tasks=(("A->I", ("s1",)),), task_col="direction"),
-        "av_video_window_ablation": knockout((("audio", "question"),), ks=(1, 3), controls=("edge", "random")),
-        "attention_allocation": pd.DataFrame({"sample_id": ["s1"] * 2, "query": "last", "layer": [0, 1],
-                                              "key_group": "audio", "mass": [0.2, 0.3]}),
-        "attention_sinks": pd.DataFrame({"sample_id": ["s1"], "n_sinks": [0], "correct": [True]}),
-        "letter_lens": pd.DataFrame({"sample_id": ["s1"] * 2, "layer": [0, 1], "p_layer": [0.1, 0.2],
-                                     "rank_layer": [1, 0], "p_A": 0.1, "p_B": 0.2}),
-        "token_discard": pd.DataFrame({"sample_id": ["s1"] * 2, "setting": ["full", "video"],
-                                       "drops": [None, "video@2"], "correct": True, "p_correct": 0.3,
-                                       "prefill_ms": [5.0, 4.0], "full_prefill_ms": [None, 5.0],
-                                       "n_tokens": 10, "n_kept_last_layer": [10, 8]}),
-        "effective_pathway": pd.DataFrame({"sample_id": ["s1"], "correct_base": [True], "correct": [True],
-                                           "dp": [0.0], "fraction_kept": [0.5], "necessary": [""]}),
-    }
-    frames["token_discard_interleaved"] = frames["token_discard"]
-    for name, frame in frames.items():
-        if name in skip:
-            continue
-        write_results(root, name, frame)
-    (root / "layout" / DEMO).mkdir(parents=True)
-    (root / "layout" / DEMO / "layout.json").write_text(json.dumps(layout_json()))
+def interleaved_sample(layout: str) -> dict:
+    """An A->I item sample: in the study's layout the image candidates come first, the audio reference after
+    the question; in the data set's the reference comes where the question names it (first)."""
+    cand = [("image", "candidate", 0), ("image", "candidate", 1)]
+    ref = [("audio", "reference", 2)] * 2
+    parts = cand + [("question", "", -1)] + ref if layout == "study" else ref + [("question", "", -1)] + cand
+    parts += [("option_letter", "", -1), ("last", "", -1)]
+    return {"sample_id": "av-odyssey/1_1", "dataset": "av-odyssey", "data_root": "synthetic", "answer": 0,
+            "layout": layout, "item_kinds": ["image", "image", "audio"],
+            "positions": {"role": [r for r, _, _ in parts], "item_role": [ir for _, ir, _ in parts],
+                          "item": [i for *_, i in parts], "time": [None] * len(parts), "chunk": [-1] * len(parts),
+                          "option": [0 if r == "option_letter" else -1 for r, _, _ in parts]}}
 
 
-def write_results(root, name, frame) -> None:
-    d = root / name / DEMO
-    d.mkdir(parents=True)
-    frame.assign(experiment=name, model=DEMO, dataset="av-speakerbench").to_parquet(d / "records.parquet")
-    (d / "config.json").write_text(json.dumps({"name": name, "model": DEMO,
-                                               "data": {"dataset": "av-speakerbench", "root": "synthetic"}}))
-    (d / "env.json").write_text(json.dumps([{"git_revision": "0123abcd"}]))
+def test_layout_strip_draws_both_interleaved_layouts(tmp_path):
+    layout = layout_json()
+    layout["samples"] += [interleaved_sample("study"), interleaved_sample("dataset")]
+    path = tmp_path / "layout.json"
+    path.write_text(json.dumps(layout))
+    records, sources = layout_strip.read(path)
+    fig = layout_strip.draw(records, common.Meta(tuple(sources)))
+    titles = [ax.get_title() for ax in fig.axes[::2]]
+    assert len(titles) == 3 and "study's layout: [candidates][question][reference][options]" in titles[1]
+    assert "data set's layout" in titles[2] and "layout" not in titles[0]
+    strips = {layout: fig.axes[2 * i] for i, layout in ((1, "study"), (2, "dataset"))}
+    labels = {k: [t.get_text().split("\n")[0] for t in ax.texts if "\n" in t.get_text()] for k, ax in strips.items()}
+    assert labels == {"study": ["cand 0", "cand 1", "ref"], "dataset": ["ref", "cand 0", "cand 1"]}
 
 
-def test_driver_renders_every_figure_from_saved_results_without_a_model(tmp_path, monkeypatch):
-    import avmech
-    import avmech.experiment
-
-    def no_model(*args, **kwargs):
-        raise AssertionError("the driver loaded or ran a model although every result was on disk")
-
-    monkeypatch.setattr(avmech, "load", no_model)
-    monkeypatch.setattr(avmech.experiment, "run_experiment", no_model)
-    hand_made_results(tmp_path / "results")
-    index = make.make(tmp_path / "results", tmp_path / "out")
-    out = tmp_path / "out"
-    for module in make.FIGURES:
-        assert (out / f"{module.NAME}.png").stat().st_size > 10_000 and (out / f"{module.NAME}.pdf").exists()
-    for table in ("table_token_discard", "table_attention_sinks", "table_effective_pathway"):
-        assert (out / f"{table}.md").exists() and (out / f"{table}.csv").exists()
-    md = index.read_text()
-    assert md.count("## ") == len(make.FIGURES) and "Not drawn" not in md
-    av = tmp_path / "results" / "av_video_knockout" / DEMO / "records.parquet"
-    n = len(pd.read_parquet(av))
-    assert f"| av_video_knockout | {av} | {n} | 4 | {DEMO} (RANDOM demo model — not a finding) |" in md
-    assert "0123abcd" in md and "layout.json" in md
-    assert (out / "index.html").read_text().count("<img ") == len(make.FIGURES)
+# ---- exclusions, groups, layers ---------------------------------------------------------
+def test_figures_leave_out_non_finite_records_and_count_them():
+    records = knockout(AV_EDGES)
+    bad = records.index[(records["condition"] != "base") & (records["sample_id"] == f"{SPEAKER}/s3")
+                        & (records["edge"] == "audio->question")]
+    records.loc[bad[0], "dp"] = float("nan")  # an empty condition (allow_empty)
+    records.loc[bad[1], "finite"] = False  # a run with non-finite logits: its dp is not a number either
+    fig = knockout_av.draw(records, meta("av_video_knockout", DEMO))
+    ys = line(fig, f"{DEMO}|{SPEAKER}|audio->question").get_ydata()
+    assert ys[:2] == pytest.approx([100 * (0.15 + 0.01 * c) for c in range(2)])  # s1, s2 only at c = 0, 1
+    assert ys[2] == pytest.approx(100 * (0.3 + 0.02))
+    assert "excluded from every mean: 2 records" in footnotes(fig)
 
 
-def test_driver_runs_missing_experiments_sweep_first(tmp_path, monkeypatch):
-    import avmech
-    import avmech.experiment
-
-    ran = []
-    monkeypatch.setattr(avmech, "load", lambda name, seed=0: f"model {name}")
-
-    def fake_run(exp, results, model=None):
-        assert model == f"model {DEMO}"
-        ran.append(exp.name)
-        write_results(results, exp.name, pd.DataFrame({"sample_id": ["s1"], "correct_base": [True],
-                                                       "correct": [True], "dp": [0.0], "fraction_kept": [1.0],
-                                                       "necessary": [""]}))
-
-    monkeypatch.setattr(avmech.experiment, "run_experiment", fake_run)
-    hand_made_results(tmp_path, skip=("av_video_knockout", "effective_pathway"))
-    assert make.run_missing(tmp_path, make.EXPERIMENTS, None, lambda name, seed: avmech.load(name)) == ran
-    assert ran == ["av_video_knockout", "effective_pathway"]
+def test_knockout_figure_names_the_roles_of_each_group_and_the_real_window():
+    records = knockout((("audio_tokens", "question_block"), ("video", "last")))
+    records["src_roles"] = records["src"].map({"audio_tokens": "audio+audio_pad", "video": "video"})
+    records["dst_roles"] = records["dst"].map({"question_block": "instruction+question+option_letter+option_text",
+                                               "last": "last"})
+    fig = knockout_av.draw(records, meta("av_video_knockout", DEMO))
+    note = footnotes(fig)
+    assert "audio_tokens = audio+audio_pad" in note and \
+        "question_block = instruction+question+option_letter+option_text" in note
+    assert "layers numbered from 0" in note and "L26" in note
+    assert fig.axes[0].get_xlabel() == "window centre layer (k = 7, cut to 3 layers)"  # a 3-layer model
 
 
-def test_layout_file_is_the_prepared_token_map(tmp_path, omni):
-    from avmech.experiment import load_experiment, load_samples
-
-    path = make.write_layout(tmp_path, make.EXPERIMENTS, None, lambda name, seed: omni)
-    layout = json.loads(path.read_text())
-    assert path == tmp_path / "layout" / DEMO / "layout.json" and layout["model"] == DEMO
-    for name, sample in zip(make.LAYOUT_FROM, layout["samples"]):
-        exp = load_experiment(make.EXPERIMENTS / f"{name}.toml")
-        tokens = omni.prepare(load_samples(exp.data, exp.seed)[0]).tokens
-        assert sample["positions"]["role"] == tokens.roles
-        assert sample["positions"]["chunk"] == tokens.chunk.tolist()
-        assert [np.nan if t is None else t for t in sample["positions"]["time"]] == pytest.approx(
-            tokens.time.tolist(), nan_ok=True)
-    assert {"reference", "candidate"} <= set(layout["samples"][1]["positions"]["item_role"])
+def test_knockout_accuracy_is_the_share_of_swept_samples_that_keep_their_answer():
+    records = knockout((("audio", "question"),))
+    records.loc[(records["sample_id"] == f"{SPEAKER}/s1") & (records["centre"] == 1), "correct"] = False
+    wrong = records[records["condition"] == "base"].iloc[:1].assign(sample_id="unswept", correct=False)
+    frames = {"av_video_knockout": pd.concat([records, wrong]),
+              "interleaved_knockout": knockout((("candidates", "last"),), tasks=(("A->I", ("s1",)),),
+                                               task_col="direction")}
+    fig = knockout_accuracy.draw(frames, meta("av_video_knockout", DEMO))
+    ys = line(fig, f"av_video_knockout|{DEMO}|all|audio->question").get_ydata()
+    assert list(ys) == pytest.approx([100, 75, 100])  # 4 swept samples, one loses its answer at c = 1
+    assert "base accuracy 80% (n = 5)" in fig.axes[0].get_title()
 
 
-def test_cli_figures_calls_the_driver(tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from avmech.cli import app
-
-    calls = []
-    monkeypatch.setattr(make, "make", lambda *args: calls.append(args) or tmp_path / "index.md")
-    result = CliRunner().invoke(app, ["figures", "--results", str(tmp_path), "--out", "o", "--model", "m"])
-    assert result.exit_code == 0, result.output
-    assert calls == [(tmp_path, make.Path("o"), "m")] and "index.md" in result.output
+def test_reliance_sets_removal_beside_knockout_per_task():
+    rows = []
+    speaker, visual = f"{SPEAKER}/s1", f"{VISUAL}/s2"  # the sample ids of `knockout`
+    for task, sid, p_audio, p_video in ((SPEAKER, speaker, 0.2, 0.5), (VISUAL, visual, 0.5, 0.1)):
+        rows.append({"sample_id": sid, "category": task, "input": "both", "applies": True, "correct": True,
+                     "p_correct": 0.5})
+        for name, p in (("no_audio", p_audio), ("no_video", p_video)):
+            rows.append({"sample_id": sid, "category": task, "input": name, "applies": True, "correct": p >= 0.5,
+                         "correct_base": True, "p_correct": p, "dp": (p - 0.5) / 0.5})
+    rows.append({"sample_id": "silent", "category": VISUAL, "input": "no_audio", "applies": False})
+    modal = pd.DataFrame(rows).assign(model=DEMO, dataset="av-speakerbench")
+    sweep = knockout((("audio_tokens", "question_block"), ("video", "question_block")),
+                     tasks=((SPEAKER, ("s1",)), (VISUAL, ("s2",))))
+    fig = reliance.draw({"modality_reliance": modal, "av_video_knockout": sweep}, meta("modality_reliance", DEMO))
+    audio = [c for ax in fig.axes for c in ax.collections if c.get_gid() == f"{DEMO}|points|audio"][0]
+    # speaker task: removing the sound costs 60% of p; its audio -> question knockout raises p (dp_of > 0): -10%
+    assert audio.get_offsets().tolist()[0] == pytest.approx([60, -10])
+    bars = {b.get_gid(): b.get_height() for ax in fig.axes for b in ax.patches if b.get_gid()}
+    assert bars[f"{DEMO}|accuracy|no_video|{VISUAL}"] == 0 and bars[f"{DEMO}|accuracy|no_audio|{VISUAL}"] == 100
+    assert "Not applied (nothing to remove): 1 records" in footnotes(fig)

@@ -45,6 +45,7 @@ def reference_tokens(m, p, steps, block=None, drop=None):
                     cols = [j for j, x in enumerate(keep.tolist()) if x in set(block[0].tolist())]
                     mask[0, 0, torch.tensor(rows)[:, None], torch.tensor(cols)[None, :]] = torch.finfo(torch.float32).min
                 h = layer(h, attention_mask=mask, position_embeddings=(cos, sin), use_cache=False)
+                h = m.decoder.after_layer(i, h, keep, enc.extra)  # DeepStack (Qwen3-Omni); else unchanged
             tok = int(m.lm_head_module(llm.norm(h))[0, -1].argmax())
             ids.append(tok)
             new = llm.embed_tokens(torch.tensor([[tok]]))
@@ -53,11 +54,12 @@ def reference_tokens(m, p, steps, block=None, drop=None):
     return ids
 
 
-@pytest.fixture(scope="module", params=["omni-sdpa", "omni-eager", "salmonn-sdpa", "salmonn-eager"])
+@pytest.fixture(scope="module", params=["omni-sdpa", "omni-eager", "salmonn-sdpa", "salmonn-eager", "qwen3-omni-sdpa",
+                                        "qwen3-omni-eager"])
 def model(request):
     return request.getfixturevalue(
-        {"omni-sdpa": "omni", "omni-eager": "omni_eager", "salmonn-sdpa": "salmonn", "salmonn-eager": "salmonn_eager"}[
-            request.param])
+        {"omni-sdpa": "omni", "omni-eager": "omni_eager", "salmonn-sdpa": "salmonn", "salmonn-eager": "salmonn_eager",
+         "qwen3-omni-sdpa": "qwen3_omni", "qwen3-omni-eager": "qwen3_omni_eager"}[request.param])
 
 
 def test_plain_generation_matches_reference(model):

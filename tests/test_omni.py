@@ -113,13 +113,12 @@ def test_prompt_text_matches_the_released_chat_template(omni, media_dir):
 def test_inputs_reproduce_the_processors_own_run(omni, media_dir):
     sample = _av_sample(media_dir)
     p = omni.prepare(sample)
-    frames, fps, _ = omni._video_frames(sample)
+    frames, _, fps, size = _released_frames(omni, media_dir / "clip.mp4")
     # the processor's own path: template text, its media processing, positions computed by the model
     out = omni.processor(
         text=p.text, videos=[frames], audio=[media.read_audio(media_dir / "clip.mp4")],
         load_audio_from_video=True, audio_from_video_indices=[0], return_tensors="pt",
-        videos_kwargs={"size": omni._video_size(len(frames)), "fps": fps, "do_sample_frames": False,
-                       "cap_pixels_per_frame": False},
+        videos_kwargs={"size": size, "fps": fps, "do_sample_frames": False, "cap_pixels_per_frame": False},
     )
     with torch.no_grad():
         ref = omni.hf(**out, use_audio_in_video=True).logits
@@ -134,42 +133,53 @@ def test_inputs_reproduce_the_processors_own_run(omni, media_dir):
     assert not torch.equal(p.position_ids[0], p.position_ids[1])
 
 
-def test_media_are_made_as_qwen_omni_utils_makes_them(omni, media_dir, tmp_path):
-    """The released route, step by step: frames decoded (PyAV, as torchvision's reader), taken at
+def _released_frames(omni, clip):
+    """qwen-omni-utils' route, step by step: frames decoded (PyAV, as torchvision's reader), taken at
     linspace(0, T - 1, n).round(), resized on uint8 by torchvision's antialiased bicubic resize to
-    smart_resize's multiple of 28, then given to the processor as floats; images resized by PIL's
-    bicubic first; the sound by librosa.load. avmech's tensors equal that route's exactly."""
+    smart_resize's multiple of 28, as floats; with the sample rate and the processor's size bounds."""
     import av
-    from PIL import Image
     from torchvision.transforms.functional import InterpolationMode, resize
 
-    from avmech.models.omni import _smart_resize
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
+
+    pol = omni.policy
+    with av.open(str(clip)) as c:
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+        native_fps = float(c.streams.video[0].average_rate)
+    n = max(2, int(min(max(len(decoded) / native_fps * 2, 4), len(decoded)) // 2 * 2))
+    taken = decoded[np.linspace(0, len(decoded) - 1, n).round().astype(int)]
+    frames = torch.from_numpy(taken).permute(0, 3, 1, 2)
+    max_pixels = max(min(pol["video_max_pixels"], pol["video_total_pixels"] / n * 2), int(pol["video_min_pixels"] * 1.05))
+    h, w = smart_resize(frames.shape[2], frames.shape[3], 28, pol["video_min_pixels"], max_pixels)
+    frames = resize(frames, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
+    size = {"shortest_edge": pol["video_min_pixels"], "longest_edge": int(max_pixels)}
+    return frames, taken, n / len(decoded) * native_fps, size
+
+
+def test_media_are_made_as_qwen_omni_utils_makes_them(omni, media_dir, tmp_path):
+    """The released route (`_released_frames`; images resized by PIL's bicubic first; the sound
+    by librosa.load): avmech's tensors equal that route's exactly."""
+    from PIL import Image
+
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize
 
     pol = omni.policy
     clip = tmp_path / "odd.mp4"  # 50 x 90 px: not a multiple of 28, so the frames are resized
     media.write_video(clip, media.moving_shape_frames(30, 50, 90, "circle", seed=2), fps=10,
                       audio=np.stack([media.tone(300, 3.0), media.chirp(200, 900, 3.0)], axis=1))
-    with av.open(str(clip)) as c:
-        decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
-        native_fps = float(c.streams.video[0].average_rate)
-    n = max(2, int(min(max(len(decoded) / native_fps * 2, 4), len(decoded)) // 2 * 2))
-    frames = torch.from_numpy(decoded[np.linspace(0, len(decoded) - 1, n).round().astype(int)]).permute(0, 3, 1, 2)
-    max_pixels = max(min(pol["video_max_pixels"], pol["video_total_pixels"] / n * 2), int(pol["video_min_pixels"] * 1.05))
-    h, w = _smart_resize(frames.shape[2], frames.shape[3], 28, pol["video_min_pixels"], max_pixels)
-    frames = resize(frames, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
-    size = {"shortest_edge": pol["video_min_pixels"], "longest_edge": int(max_pixels)}
+    frames, taken, _, size = _released_frames(omni, clip)
     kw = dict(size=size, do_sample_frames=False, cap_pixels_per_frame=False, return_tensors="pt")
     reference = omni.processor.video_processor(videos=[frames], **kw)
     p = omni.prepare(avmech.AVSample(video=str(clip), question="Which shape?", options=("a", "b"), answer=0))
     assert torch.equal(p.inputs["pixel_values_videos"], reference["pixel_values_videos"])
     # the processor alone, resizing the raw frames itself, differs (the gap avmech used to have)
-    raw = omni.processor.video_processor(videos=[decoded[np.linspace(0, len(decoded) - 1, n).round().astype(int)]], **kw)
+    raw = omni.processor.video_processor(videos=[taken], **kw)
     assert raw["pixel_values_videos"].shape == reference["pixel_values_videos"].shape
     assert not torch.equal(raw["pixel_values_videos"], reference["pixel_values_videos"])
 
     image = np.random.default_rng(0).integers(0, 255, (50, 77, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "odd.png")
-    ih, iw = _smart_resize(50, 77, 28, pol["image_min_pixels"], pol["image_max_pixels"])
+    ih, iw = smart_resize(50, 77, 28, pol["image_min_pixels"], pol["image_max_pixels"])
     pil = np.asarray(Image.fromarray(image).resize((iw, ih), Image.Resampling.BICUBIC))
     isize = {"shortest_edge": pol["image_min_pixels"], "longest_edge": pol["image_max_pixels"]}
     reference = omni.processor.image_processor(images=[pil], size=isize, return_tensors="pt")["pixel_values"]

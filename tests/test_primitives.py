@@ -35,7 +35,8 @@ def _sample(seed: int = 0, seconds: float = 3.0, question: str = "Which tone did
 
 
 # test id -> session fixture (tests/conftest.py)
-MODELS = {"omni-sdpa": "omni", "omni-eager": "omni_eager", "salmonn-sdpa": "salmonn", "salmonn-eager": "salmonn_eager"}
+MODELS = {"omni-sdpa": "omni", "omni-eager": "omni_eager", "salmonn-sdpa": "salmonn", "salmonn-eager": "salmonn_eager",
+          "qwen3-omni-sdpa": "qwen3_omni", "qwen3-omni-eager": "qwen3_omni_eager"}
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -70,12 +71,14 @@ def manual_logits(m, p, masks=None, keep_after=None, keep=None, capture=None):
     h = enc.inputs_embeds
     cos, sin = llm.rotary_emb(h, enc.position_ids)
     n = h.shape[1]
+    alive = torch.arange(n)
     with torch.no_grad():
         for i, layer in enumerate(llm.layers):
             if keep_after is not None and i == keep_after + 1:
-                h, cos, sin, n = h[:, keep], cos[:, keep], sin[:, keep], len(keep)
+                h, cos, sin, n, alive = h[:, keep], cos[:, keep], sin[:, keep], len(keep), keep
             mask = (masks or {}).get(i, causal(n))
             h = layer(h, attention_mask=mask, position_embeddings=(cos, sin), use_cache=False)
+            h = m.decoder.after_layer(i, h, alive, enc.extra)  # DeepStack (Qwen3-Omni); else unchanged
             if capture is not None:
                 capture.append(h)
         return m.lm_head_module(llm.norm(h))[0, -1]
@@ -122,7 +125,8 @@ def test_knockout_in_every_layer_equals_a_plain_forward_with_a_4d_mask(model, pr
     mask = blocked_mask(len(prepared), t.positions("audio"), t.positions("question | last"))
     enc = model.encode(prepared)
     with torch.no_grad():
-        ref = model.hf(inputs_embeds=enc.inputs_embeds, position_ids=enc.position_ids, attention_mask=mask).logits[0, -1]
+        ref = model.hf(inputs_embeds=enc.inputs_embeds, position_ids=enc.position_ids, attention_mask=mask,
+                       **enc.extra).logits[0, -1]
     got = model.run(prepared, [AttentionKnockout("audio", "question | last", "all")]).logits
     assert (got - ref).abs().max() < ATOL
 
@@ -182,7 +186,8 @@ def test_lens_equals_hand_computed_projection(model, prepared):
     enc = model.encode(prepared)
     with torch.no_grad():
         hs = model.hf(inputs_embeds=enc.inputs_embeds, position_ids=enc.position_ids,
-                      attention_mask=prepared.inputs["attention_mask"], output_hidden_states=True).hidden_states
+                      attention_mask=prepared.inputs["attention_mask"], output_hidden_states=True,
+                      **enc.extra).hidden_states
         llm = model.llm_module
         q = prepared.tokens.positions("question")
         r = model.run(prepared, [
@@ -254,6 +259,10 @@ def test_dropping_after_the_last_layer_changes_nothing(model, prepared):
 
 @pytest.mark.parametrize("after", [-1, 0, 2])
 def test_drop_equals_hand_run_on_the_shortened_sequence(model, prepared, after):
+    if any(i > after for i in model.decoder.injected_layers):  # DeepStack runs at full length after them
+        with pytest.raises(InputError, match="DeepStack"):
+            model.run(prepared, [TokenDrop("audio | video", after_layer=after)])
+        return
     t = prepared.tokens
     dropped = t.positions("audio | video")
     keep = torch.tensor([i for i in range(len(prepared)) if i not in set(dropped.tolist())])
@@ -287,6 +296,7 @@ def test_two_drops_and_a_knockout_compose(model, prepared):
                 k = torch.tensor([pos.index(x) for x in t.positions("question").tolist()])
                 m[0, 0, q[:, None], k[None, :]] = torch.finfo(torch.float32).min
             h = layer(h, attention_mask=m, position_embeddings=(cos, sin), use_cache=False)
+            h = model.decoder.after_layer(i, h, keep1 if i == 1 else keep2 if i > 1 else torch.arange(n), enc.extra)
         ref = model.lm_head_module(llm.norm(h))[0, -1]
     got = model.run(prepared, [
         TokenDrop("video", after_layer=0), TokenDrop("audio", after_layer=1),
@@ -319,7 +329,7 @@ def test_attention_read_equals_eager_weights(eager_model):
     enc = eager_model.encode(p)
     with torch.no_grad():
         att = eager_model.hf(inputs_embeds=enc.inputs_embeds, position_ids=enc.position_ids,
-                             attention_mask=p.inputs["attention_mask"], output_attentions=True).attentions
+                             attention_mask=p.inputs["attention_mask"], output_attentions=True, **enc.extra).attentions
     rows = p.tokens.positions("question | last")
     members = torch.zeros(len(groups) + 1, len(p))
     for i, g in enumerate(groups):

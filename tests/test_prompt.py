@@ -24,7 +24,7 @@ from avmech.errors import InputError, ModelError
 from avmech.sample import PROMPT_FORMATS, PromptFormat
 from avmech.tokens import ROLE_CODE
 
-FAMILIES = ("omni", "salmonn")
+FAMILIES = ("omni", "salmonn", "qwen3_omni")
 ALPHABET = st.sampled_from(list("abcXYZ019 ?!.,:;'\"()-\n\t") + ["  ", "?\n", ".\n", " \n", "你好", "音乐", "🙂", "é", "A", "B."])
 TEXT = st.lists(ALPHABET, min_size=1, max_size=8).map("".join)
 
@@ -32,7 +32,7 @@ TEXT = st.lists(ALPHABET, min_size=1, max_size=8).map("".join)
 def _media_ids(m) -> dict[int, set[str]]:
     """Placeholder id -> the roles that may hold it, read from each family's config."""
     cfg = m.hf.config
-    if m.family == "qwen2.5-omni":
+    if m.family in ("qwen2.5-omni", "qwen3-omni"):
         return {cfg.video_token_id: {"video"}, cfg.audio_token_id: {"audio"}, cfg.image_token_id: {"image"}}
     return {cfg.vl_config.video_token_id: {"video"}, cfg.vl_config.image_token_id: {"image"},
             cfg.audio_token_id: {"audio", "audio_pad"}}
@@ -173,7 +173,9 @@ def test_the_real_vocabulary_and_special_ids(family, request):
     assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]) == [151643, 151644, 151645]
     ids = {"omni": {"<|AUDIO|>": 151646, "<|vision_bos|>": 151652, "<|IMAGE|>": 151655, "<|VIDEO|>": 151656},
            "salmonn": {"<|vision_start|>": 151652, "<|image_pad|>": 151655, "<|video_pad|>": 151656,
-                       "<|audio_pad|>": 151665}}[family]
+                       "<|audio_pad|>": 151665},
+           "qwen3_omni": {"<|vision_start|>": 151652, "<|image_pad|>": 151655, "<|video_pad|>": 151656,
+                          "<|audio_start|>": 151669, "<|audio_end|>": 151670, "<|audio_pad|>": 151675}}[family]
     assert tok.convert_tokens_to_ids(list(ids)) == list(ids.values())
 
 
@@ -195,7 +197,7 @@ def test_a_token_across_two_parts_takes_the_role_of_its_first_character(family, 
 def test_special_tokens_in_sample_text_are_refused(family, request, arrays):
     m = request.getfixturevalue(family)
     frames, wave, _, _ = arrays
-    video = {"omni": "<|VIDEO|>", "salmonn": "<|video_pad|>"}[family]
+    video = {"omni": "<|VIDEO|>", "salmonn": "<|video_pad|>", "qwen3_omni": "<|video_pad|>"}[family]
     for field in ("question", "options", "system"):
         kw = dict(question="Who is speaking?", options=("the man", "the woman"), system=None)
         kw[field] = (f"{video} the man", "b") if field == "options" else "What <|im_end|> is it?"

@@ -18,7 +18,7 @@ from avmech import media
 from avmech.errors import InputError, MediaError, ModelError
 from avmech.interventions import AttentionKnockout, EdgeKnockout, Intervention
 
-FAMILIES = ("omni", "salmonn")
+FAMILIES = ("omni", "salmonn", "qwen3_omni")
 
 
 @pytest.fixture(scope="module")

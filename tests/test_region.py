@@ -8,7 +8,8 @@ import torch
 from avmech import Ablate, AttentionKnockout, EdgeKnockout, LogitLens, TokenDrop, data
 
 
-@pytest.fixture(scope="module", params=["omni", "omni_eager", "salmonn", "salmonn_eager"])
+@pytest.fixture(scope="module", params=["omni", "omni_eager", "salmonn", "salmonn_eager", "qwen3_omni",
+                                        "qwen3_omni_eager"])
 def model(request):
     return request.getfixturevalue(request.param)
 
@@ -28,7 +29,7 @@ def conditions(p):
         [AttentionKnockout("last", "last", [3])],                            # a position's edge to itself
         [AttentionKnockout("audio", "question", [1]), AttentionKnockout("video", "last", [2, 3])],  # several
         [EdgeKnockout(((last, 3), (last, 5), (last - 1, 2)), [0, 1])],      # explicit edges
-        [AttentionKnockout("system", "user_header", [0])],                  # early region
+        [AttentionKnockout("user_header", "marker", [0])],                  # early region
         [],                                                                  # nothing
     ]
 

@@ -39,12 +39,12 @@ from avmech import (
     TokenDrop,
     data,
 )
-from avmech.backends import AVRemoteModel, NDIFBackend, RemoteError, SimulatedBackend, model_key, use
+from avmech.backends import NDIFBackend, RemoteError, SimulatedBackend, model_key, use
+from avmech.models.serving import AVRemoteModel
 from avmech.cli import app
 from avmech.errors import InputError
 from avmech.experiment import load_experiment
 from avmech.flows import FLOWS
-from avmech.store import RecordStore
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY = "test-key"
@@ -63,7 +63,7 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def _server_process(omni, tmp_path_factory):
     """The loopback server, started early (it loads torch and the model in ~5 s)."""
-    path = avmech.models.embedded_path("tiny-omni", 0)
+    path = avmech.models.registry.embedded_path("tiny-omni", 0)
     log = tmp_path_factory.mktemp("ndif-server") / "stderr.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(
@@ -142,10 +142,10 @@ def test_every_primitive_gives_local_numbers_through_simulation(family, request,
 
 def test_simulation_refuses_what_a_server_could_not_import(omni, samples, monkeypatch):
     """With avmech sent by reference (not by value), the simulated server cannot import it."""
-    import avmech.backends
+    import avmech.remote.transport
 
     p = omni.prepare(samples[0])
-    monkeypatch.setattr(avmech.backends, "_ship_avmech", lambda: None)
+    monkeypatch.setattr(avmech.remote.transport, "ship_avmech", lambda: None)
     nnsight.register(avmech)  # (so that it can be unregistered whatever ran before)
     cloudpickle.unregister_pickle_by_value(avmech)
     try:
@@ -155,18 +155,17 @@ def test_simulation_refuses_what_a_server_could_not_import(omni, samples, monkey
         nnsight.register(avmech)
 
 
-def _records(flow: str, m, samples, params: dict, monkeypatch) -> list[pd.DataFrame]:
+def _records(flow: str, m, samples, params: dict, monkeypatch, **inputs) -> list[pd.DataFrame]:
     """The flow's records run locally (nothing serialised), then through the simulation."""
-    import avmech.backends
+    import avmech.remote.simulation
 
     sent = []
-    serialize = avmech.backends._serialize
-    monkeypatch.setattr(avmech.backends, "_serialize", lambda *a, **kw: sent.append(a) or serialize(*a, **kw))
-    fn, model = FLOWS[flow]
+    serialize = avmech.remote.simulation.serialize
+    monkeypatch.setattr(avmech.remote.simulation, "serialize", lambda *a, **kw: sent.append(a) or serialize(*a, **kw))
     out = []
     for backend in ("local", SIM):
         with use(backend):
-            out.append(pd.DataFrame(fn(m, samples, model.model_validate(params))))
+            out.append(pd.DataFrame(FLOWS[flow].run(m, samples, FLOWS[flow].params.model_validate(params), **inputs)))
         assert bool(sent) == (backend is SIM)
     return out
 
@@ -187,10 +186,12 @@ FLOW_PARAMS = {
     "knockout_sweep": {"edges": [["audio", "question"], ["video", "last"]], "k": [3], "only_correct": False,
                        "random_control": True},
     "attention_allocation": {"queries": ["last"]},
-    "attention_sinks": {"sink_z": 2.0},
+    "norm_sinks": {"sink_z": 2.0},
+    "attention_spikes": {"ratio": 1.01},
+    "modality_reliance": {},
     "letter_lens": {},
     "token_discard": {"settings": [{"name": "av", "drops": [{"group": "audio | video", "after": 0.5}]}],
-                      "repeats": 1},
+                      "repeats": 1, "generate": False},  # generation runs locally only
 }
 
 
@@ -200,15 +201,12 @@ def test_each_flow_kind_gives_local_records_through_simulation(flow, omni, sampl
     _equal_records(local, simulated, atol=1e-6 if flow == "knockout_sweep" else 0.0)
 
 
-def test_pathway_flow_gives_local_records_through_simulation(omni, odyssey, tmp_path, monkeypatch):
-    fn, model = FLOWS["knockout_sweep"]
-    sweep = fn(omni, odyssey, model.model_validate({"edges": [["candidates", "last"], ["options", "last"]],
-                                                    "k": [2], "only_correct": False}))
-    store = RecordStore(tmp_path / "sweep")
-    store.append(sweep)
-    store.finalize()
-    _equal_records(*_records("effective_pathway", omni, odyssey,
-                             {"sweep": str(tmp_path / "sweep"), "k": 2, "threshold": 0.0}, monkeypatch))
+def test_pathway_flow_gives_local_records_through_simulation(omni, odyssey, monkeypatch):
+    flow = FLOWS["knockout_sweep"]
+    sweep = pd.DataFrame(flow.run(omni, odyssey, flow.params.model_validate(
+        {"edges": [["candidates", "last"], ["options", "last"]], "k": [2], "only_correct": False})))
+    _equal_records(*_records("effective_pathway", omni, odyssey, {"k": 2, "threshold": 0.0}, monkeypatch,
+                             sweep=sweep))
 
 
 # ---- refused before anything is sent -----------------------------------------------------
@@ -282,7 +280,7 @@ def test_host_key_and_model_key_resolution(omni, monkeypatch, tmp_path):
     assert "my-key" not in repr(mine)
     with pytest.raises(InputError, match="must start with http"):
         NDIFBackend(host="api.ndif.us").resolved_host()
-    assert model_key(omni) == 'avmech.backends.AVRemoteModel:{"repo_id": "tiny-omni", "revision": null}'
+    assert model_key(omni) == 'avmech.models.serving.AVRemoteModel:{"repo_id": "tiny-omni", "revision": null}'
     assert model_key(_named(omni, str(ROOT)), "Qwen/Qwen2.5-Omni-7B").endswith('"Qwen/Qwen2.5-Omni-7B", "revision": null}')
     assert json.loads(omni.nn.to_model_key().split(":", 1)[1])["repo_id"] == "tiny-omni"
     exp_file = tmp_path / "exp.toml"
@@ -330,18 +328,37 @@ def test_runs_on_the_server_equal_local_runs(family, request, ndif, samples, mon
     assert set(fetched) == {bytes, str}  # small results inline, the large one staged
 
 
+DISCARD = """
+name = "token_discard"
+flow = "token_discard"
+[data]
+dataset = "av-speakerbench"
+[params]
+repeats = 3
+generate = false
+settings = [
+  { name = "video", drops = [{ group = "video", after = 0.72 }] },
+  { name = "audio", drops = [{ group = "audio_tokens", after = 0.72 }] },
+  { name = "question", drops = [{ group = "question_block", after = 0.81 }] },
+  { name = "all", drops = [{ group = "video | audio_tokens", after = 0.72 }, { group = "question_block", after = 0.81 }] },
+]
+"""
+
+
 def test_cli_on_the_server_equals_local_and_resumes(server, monkeypatch, tmp_path):
-    """`avmech run --backend ndif` (27 requests): cut short by the server going away,
-    resumed, then the same records as `--backend local`."""
+    """`avmech run --backend ndif`: cut short by the server going away, resumed, then the
+    same records as `--backend local`."""
     monkeypatch.setenv("NDIF_HOST", server)
     monkeypatch.setenv("NDIF_API_KEY", KEY)
-    args = ["run", str(ROOT / "experiments" / "token_discard.toml"), "--limit", "1", "--results"]
+    discard = tmp_path / "token_discard.toml"
+    discard.write_text(DISCARD)
+    args = ["run", str(discard), "--limit", "1", "--results"]
     local = CliRunner().invoke(app, args + [str(tmp_path / "local"), "--backend", "local"])
     assert local.exit_code == 0, local.output
     httpx.post(f"{server}/_control", json={"fail_after": 10})
     cut = CliRunner().invoke(app, args + [str(tmp_path / "ndif"), "--backend", "ndif"])
     assert cut.exit_code == 3, cut.output
-    assert "refused the request (HTTP 503): Service temporarily unavailable" in cut.output
+    assert "refused the request (HTTP 503: Service temporarily unavailable" in cut.output
     assert "run the same command again to resume" in cut.output
     log = tmp_path / "ndif" / "token_discard" / "tiny-omni" / "records.jsonl"
     assert [json.loads(line)["condition"] for line in log.read_text().splitlines()] == ["full", "discard|video"]
@@ -368,8 +385,8 @@ def test_a_wrong_api_key_is_rejected(omni, server, samples, tmp_path, monkeypatc
 def test_a_model_the_server_does_not_serve(omni, ndif, samples):
     p = omni.prepare(samples[0])
     other = NDIFBackend(host=ndif.host, api_key=KEY, model="Qwen/Qwen2.5-Omni-7B")
-    with pytest.raises(RemoteError, match=r'(?s)did not accept request .*"Qwen/Qwen2.5-Omni-7B".*is not served by this '
-                                          r"NDIF server.*\[ndif\] model"):
+    with pytest.raises(RemoteError, match=r'did not accept the request for model key .*"Qwen/Qwen2.5-Omni-7B".*is not '
+                                          r"served by this NDIF server.*\[ndif\] model"):
         omni.run(p, backend=other)
 
 
@@ -439,7 +456,8 @@ def test_a_client_without_the_decoder_runs_on_the_server(omni, ndif, samples, sa
 def test_a_remote_sweep_is_one_request(family, request, samples, monkeypatch):
     """run_many sends every condition in one nnsight session: the sample's embeddings travel
     once; the numbers equal one full local run per condition (strict simulation)."""
-    from avmech.backends import SimulatedBackend, _Request
+    from avmech.backends import SimulatedBackend
+    from avmech.remote.transport import Request as _Request
 
     m = request.getfixturevalue(family)
     p = m.prepare(samples[0])

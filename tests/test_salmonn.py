@@ -156,7 +156,7 @@ def test_position_mode_is_chosen_at_load_by_attribute_or_per_call(salmonn):
         salmonn.prepare(_clip(), position_mode="training")
     with pytest.raises(InputError, match="position_mode"):
         avmech.load("tiny-salmonn", seed=0, position_mode="training")
-    with pytest.raises(ModelError, match="video-SALMONN 2\\+ only"):
+    with pytest.raises(ModelError, match="applies to video-salmonn2\\+ only"):
         avmech.load("tiny-omni", seed=0, position_mode="aligned")
 
 
@@ -264,7 +264,7 @@ def test_tied_embeddings_load_without_an_lm_head_tensor(tmp_path):
     """The 3B ties its unembedding to the embeddings: the released file has no lm_head.weight."""
     from avmech.models.salmonn_checkpoint import write_released
     from avmech.models.salmonn_modeling import VideoSalmonn2Plus
-    from avmech.models.tiny import build_salmonn_processor, salmonn_config
+    from avmech.models.salmonn_tiny import build_salmonn_processor, salmonn_config
 
     processor = build_salmonn_processor()
     config = salmonn_config(processor.tokenizer)
@@ -281,10 +281,11 @@ def test_tied_embeddings_load_without_an_lm_head_tensor(tmp_path):
 
 
 def test_the_tiny_model_is_deterministic_from_its_seed(tmp_path):
-    from avmech.models.tiny import save_salmonn
+    from avmech.models.salmonn_tiny import save_salmonn
 
-    a, b, c = (load_file(str(save_salmonn("tiny-salmonn", tmp_path / name, seed=s) / "model.safetensors"))
-               for name, s in (("a", 0), ("b", 0), ("c", 1)))
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        save_salmonn("tiny-salmonn", tmp_path / name, seed=seed)
+    a, b, c = (load_file(str(tmp_path / name / "model.safetensors")) for name in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(a["audio.q_tokens"], c["audio.q_tokens"])
 

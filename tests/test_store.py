@@ -138,6 +138,27 @@ def test_shards_of_one_count_run_side_by_side_and_others_are_refused(tmp_path):
     free.release()
 
 
+# ---- the runner knows what is done ------------------------------------------------------
+def test_a_resumed_run_skips_finished_samples_and_writes_only_missing_records(omni, tmp_path, monkeypatch):
+    exp = load_experiment(_exp_file(tmp_path))
+    folder = run_experiment(exp, tmp_path / "results", model=omni)
+    whole = pd.read_parquet(folder / "records.parquet")
+    finished = (folder / "finished.jsonl").read_text().splitlines()
+    assert [json.loads(line)["sample_id"] for line in finished] == list(dict.fromkeys(whole["sample_id"]))
+    # killed in the middle of the second sample: its finish mark and its last two records were never written
+    (folder / "finished.jsonl").write_text(finished[0] + "\n")
+    lines = (folder / "records.jsonl").read_text().splitlines()
+    (folder / "records.jsonl").write_text("\n".join(lines[:-2]) + "\n")
+    prepared = []
+    monkeypatch.setattr(omni, "prepare", lambda s, prepare=omni.prepare: prepared.append(s.id) or prepare(s))
+    summary = execute(exp, tmp_path / "results", model=omni)
+    assert prepared == [whole["sample_id"].iloc[-1]]  # the finished sample is not even prepared
+    assert summary.new == 2 and summary.records == len(whole)
+    resumed = pd.read_parquet(folder / "records.parquet")
+    assert not resumed.duplicated(["sample_id", "condition"]).any() and len(resumed) == len(whole)
+    assert len((folder / "finished.jsonl").read_text().splitlines()) == 2
+
+
 # ---- one configuration per folder ------------------------------------------------------
 def test_resuming_with_another_configuration_is_refused_naming_the_fields(omni, tmp_path, caplog):
     results = tmp_path / "results"

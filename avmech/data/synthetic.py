@@ -30,9 +30,12 @@ differ by at most one).  Per benchmark, with ``n`` questions:
   "I->A" (2, 4: four audio candidates first, then the image reference).
 - ``"worldsense"``: ``worldsense_qa.json`` and ``videos/<video_id>.mp4`` with 1-3 tasks per video.
 
-Everything follows from ``seed``: equal arguments write byte-identical csv/json/parquet.
-:func:`ensure` writes a set once into the cache (``$AVMECH_CACHE`` or ``~/.cache/avmech``,
-``data/<name>-n<n>-seed<seed>-v<VERSION>``) and returns its root.
+``seconds`` sets how long the clips last (default 2 s; AV-Odyssey: its audio items,
+default 1.2 s): long clips give prompts long enough for token discarding to save time on
+the demo models. Everything follows from ``seed`` and ``seconds``: equal arguments write
+byte-identical csv/json/parquet. :func:`ensure` writes a set once into the cache
+(``$AVMECH_CACHE`` or ``~/.cache/avmech``, ``data/<name>-n<n>-seed<seed>[-<seconds>s]-v<VERSION>``)
+and returns its root.
 """
 
 from __future__ import annotations
@@ -127,20 +130,22 @@ def sound(kind: str, value: str, seconds: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Clip:
-    """A shape of ``colour`` crossing the frame (path fixed by ``seed``) while a sound of ``audio_kind`` plays."""
+    """A shape of ``colour`` crossing the frame (path fixed by ``seed``) while a sound of ``audio_kind`` plays,
+    for ``seconds``."""
 
     shape: str
     colour: str
     seed: int
     audio_kind: str
     audio_value: str
+    seconds: float = SECONDS
 
     def frames(self) -> np.ndarray:
-        n = round(SECONDS * FPS)
+        n = round(self.seconds * FPS)
         return media.moving_shape_frames(n, SIZE, SIZE, self.shape, PALETTE[self.colour], BACKGROUND, self.seed)
 
     def audio(self) -> np.ndarray:
-        return sound(self.audio_kind, self.audio_value, SECONDS)
+        return sound(self.audio_kind, self.audio_value, self.seconds)
 
     def answer(self, kind: str) -> str:
         """The correct option text for a question of ``kind`` about this clip."""
@@ -161,7 +166,7 @@ class Clip:
         return f"A {self.colour} {self.shape} moves {self.answer('motion')} while {heard}."
 
 
-def _clip(rng: np.random.Generator, audio_kind: str) -> Clip:
+def _clip(rng: np.random.Generator, audio_kind: str, seconds: float) -> Clip:
     pool = {"contour": CONTOURS, "count": KINDS["count"].pool, "pitch": KINDS["pitch"].pool}[audio_kind]
     return Clip(
         shape=str(rng.choice(["square", "circle"])),
@@ -169,6 +174,7 @@ def _clip(rng: np.random.Generator, audio_kind: str) -> Clip:
         seed=int(rng.integers(2**31)),
         audio_kind=audio_kind,
         audio_value=str(rng.choice(pool)),
+        seconds=seconds,
     )
 
 
@@ -188,10 +194,11 @@ def _write_clip(path: Path, clip: Clip, audio: bool = True) -> None:
     media.write_video(path, clip.frames(), FPS, audio=clip.audio() if audio else None)
 
 
-def _speakerbench(root: Path, n: int, rng: np.random.Generator) -> None:
+def _speakerbench(root: Path, n: int, rng: np.random.Generator, seconds: float | None) -> None:
+    seconds = seconds or SECONDS
     answers, rows = _balanced(rng, n), []
     for k in range(math.ceil(n / 2)):
-        clip, vid = _clip(rng, AUDIO_KINDS[k % 3]), f"clip{k:04d}"
+        clip, vid = _clip(rng, AUDIO_KINDS[k % 3], seconds), f"clip{k:04d}"
         _write_clip(root / "av" / f"{vid}.mp4", clip)
         _write_clip(root / "visual" / f"{vid}.mp4", clip, audio=False)
         (root / "audio").mkdir(exist_ok=True)
@@ -205,15 +212,16 @@ def _speakerbench(root: Path, n: int, rng: np.random.Generator) -> None:
                 "answer": LETTERS[answers[i]],
                 "category": kind.category, "sub_category": kind.sub_category, "task_id": kind.task_id,
                 "audio_visual_path": f"av/{vid}.mp4", "visual_path": f"visual/{vid}.mp4",
-                "audio_path": f"audio/{vid}.wav", "start_time": "0.0", "end_time": f"{SECONDS:.1f}",
+                "audio_path": f"audio/{vid}.wav", "start_time": "0.0", "end_time": f"{seconds:.1f}",
             })
     pd.DataFrame(rows).to_csv(root / "test.csv", index=False)
 
 
-def _worldsense(root: Path, n: int, rng: np.random.Generator) -> None:
+def _worldsense(root: Path, n: int, rng: np.random.Generator, seconds: float | None) -> None:
+    seconds = seconds or SECONDS
     answers, qa, i, k = _balanced(rng, n), {}, 0, 0
     while i < n:
-        clip, vid = _clip(rng, AUDIO_KINDS[k % 3]), f"ws{k:04d}"
+        clip, vid = _clip(rng, AUDIO_KINDS[k % 3], seconds), f"ws{k:04d}"
         _write_clip(root / "videos" / f"{vid}.mp4", clip)
         n_tasks = min(n - i, 1 + int(rng.integers(3)))
         names = [str(x) for x in rng.permutation([*VISUAL_KINDS, clip.audio_kind])][:n_tasks]
@@ -289,11 +297,12 @@ def _item_png(concept: str, value: str) -> bytes:
     return _png(bars_image(int(value)) if concept == "count" else line_image(value))
 
 
-def _item_wav(concept: str, value: str) -> bytes:
-    return _wav(sound(concept, value, ITEM_SECONDS))
+def _item_wav(concept: str, value: str, seconds: float) -> bytes:
+    return _wav(sound(concept, value, seconds))
 
 
-def _odyssey(root: Path, n: int, rng: np.random.Generator) -> None:
+def _odyssey(root: Path, n: int, rng: np.random.Generator, seconds: float | None) -> None:
+    seconds = seconds or ITEM_SECONDS
     answers, slots, rows, counters = _balanced(rng, n), _balanced(rng, n), [], {}
     for i in range(n):
         concept, direction = ("count", "pitch")[(i // 2) % 2], ("A->I", "I->A")[i % 2]
@@ -303,9 +312,9 @@ def _odyssey(root: Path, n: int, rng: np.random.Generator) -> None:
         values = [pool[j] for j in rng.permutation(len(pool))]
         reference = values[slots[i]]
         if direction == "A->I":
-            images, audios = [_item_png(concept, v) for v in values], [_item_wav(concept, reference)]
+            images, audios = [_item_png(concept, v) for v in values], [_item_wav(concept, reference, seconds)]
         else:
-            images, audios = [_item_png(concept, reference)], [_item_wav(concept, v) for v in values]
+            images, audios = [_item_png(concept, reference)], [_item_wav(concept, v, seconds) for v in values]
         noun = "image" if direction == "A->I" else "audio"
         ordinals = tuple(f"the {o} {noun}" for o in ORDINALS)
         row = {
@@ -327,19 +336,22 @@ def _odyssey(root: Path, n: int, rng: np.random.Generator) -> None:
 _WRITERS = {"av-speakerbench": _speakerbench, "av-odyssey": _odyssey, "worldsense": _worldsense}
 
 
-def _check(name: str, n: int) -> None:
+def _check(name: str, n: int, seconds: float | None) -> None:
     if name not in NAMES:
         raise InputError(f"unknown benchmark {name!r}: use one of {list(NAMES)}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"n={n!r} is not a positive number of questions")
+    if seconds is not None and not (isinstance(seconds, int | float) and 1.2 <= seconds <= 60):
+        raise InputError(f"seconds={seconds!r}: give clips of 1.2 to 60 s (four beeps take 1.2 s)")
 
 
-def write(name: str, root: str | Path, n: int = 24, seed: int = 0) -> Path:
-    """Write ``n`` synthetic questions of benchmark ``name`` in its released layout under ``root``."""
-    _check(name, n)
+def write(name: str, root: str | Path, n: int = 24, seed: int = 0, seconds: float | None = None) -> Path:
+    """Write ``n`` synthetic questions of benchmark ``name`` in its released layout under ``root``,
+    clips (AV-Odyssey: audio items) lasting ``seconds`` (None: the default, 2 s / 1.2 s)."""
+    _check(name, n, seconds)
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    _WRITERS[name](root, n, np.random.default_rng([seed, NAMES.index(name)]))
+    _WRITERS[name](root, n, np.random.default_rng([seed, NAMES.index(name)]), seconds)
     return root
 
 
@@ -348,20 +360,21 @@ def cache_root() -> Path:
     return Path(os.environ.get("AVMECH_CACHE", Path.home() / ".cache" / "avmech")) / "data"
 
 
-def ensure(name: str, root: str | Path | None = None, n: int = 24, seed: int = 0) -> Path:
+def ensure(name: str, root: str | Path | None = None, n: int = 24, seed: int = 0, seconds: float | None = None) -> Path:
     """The root of the synthetic ``name`` set, written once under ``root`` (default :func:`cache_root`).
 
-    The set goes to ``<root>/<name>-n<n>-seed<seed>-v<VERSION>``, written in a temporary
-    folder and renamed, so a crash or a concurrent writer never leaves a partial set.
+    The set goes to ``<root>/<name>-n<n>-seed<seed>[-<seconds>s]-v<VERSION>``, written in a
+    temporary folder and renamed, so a crash or a concurrent writer never leaves a partial set.
     """
-    _check(name, n)
-    path = Path(root if root is not None else cache_root()) / f"{name}-n{n}-seed{seed}-v{VERSION}"
+    _check(name, n, seconds)
+    length = "" if seconds is None else f"-{seconds:g}s"
+    path = Path(root if root is not None else cache_root()) / f"{name}-n{n}-seed{seed}{length}-v{VERSION}"
     if path.is_dir():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
     try:
-        write(name, tmp, n=n, seed=seed)
+        write(name, tmp, n=n, seed=seed, seconds=seconds)
         try:
             os.replace(tmp, path)
         except OSError:  # another process finished first

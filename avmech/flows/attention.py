@@ -1,15 +1,16 @@
-"""Attention allocation and attention sinks: where the model looks, and why that misleads.
+"""Attention allocation and norm outliers: where the model looks, and why that misleads.
 
 *Allocation*: for each layer, the attention mass the last position (and the question)
 gives each token group, averaged over heads and query rows; with its knockout effect
 beside it (from a sweep), this shows that attention weights are not information flow.
 
-*Sinks*: positions whose residual stream norm is an outlier (norm above ``z`` robust
-standard deviations over the median at a layer) soak up attention without carrying
-content. The flow records, per sample, where the sinks are (role counts), the attention
-mass they receive from the last position, and what knocking out every edge from them
-to the last position does (the study: masking the late "attention spikes" on video
-tokens leaves accuracy intact).
+*Norm sinks* (`norm_sinks`): positions of any role whose residual stream norm is an
+outlier (norm above ``z`` robust standard deviations over the median at a late layer)
+soak up attention without carrying content. The flow records, per sample, where they
+are (role counts), the attention mass they receive from the last position, and what
+knocking out every edge from them to the last position in *all* layers does. This is
+harsher than the study's test, which masks the late attention spikes on video tokens in
+the layers where they occur (`avmech.flows.spikes`); it is kept as its own analysis.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from avmech.flows.common import GroupExpr, answer_fields, has_group, prepared_sa
 from avmech.interventions.attention import AttentionRead
 from avmech.interventions.base import Intervention, RunContext
 from avmech.interventions.knockout import AttentionKnockout
+from avmech.metrics import dp
 from avmech.sample import AVSample
 from avmech.tokens import ROLES, Group
 
@@ -53,9 +55,7 @@ class AttentionParams(BaseModel):
     only_correct: bool = False
 
 
-def attention_allocation(
-    m: AVModel, samples: Iterable[AVSample], params: AttentionParams, done: frozenset = frozenset()
-) -> Iterator[dict]:
+def attention_allocation(m: AVModel, samples: Iterable[AVSample], params: AttentionParams) -> Iterator[dict]:
     """One record per (sample, query group, layer, key group): attention mass, mean over heads and rows."""
     for s, p in prepared_samples(m, samples, "attention allocation"):
         fields = sample_fields(s)
@@ -63,20 +63,16 @@ def attention_allocation(
         for query in params.queries:
             if not has_group(p, query):
                 continue
-            conds = [(layer, g, f"attention|{query}|L{layer}|{g}") for layer in range(m.n_layers)
-                     for g in keys + ("other",)]
-            if all((fields["sample_id"], c) in done for *_, c in conds):
-                continue
             reader = AttentionRead(layers="all", queries=query, keys_by_group=keys)
             r = m.run(p, [reader])
             if params.only_correct and not r.correct:
                 continue
-            mass = r[0].mean(dim=(1, 2))  # [layer, group]
-            for layer, g, cond in conds:
-                i = keys.index(g) if g in keys else len(keys)
-                if i < mass.shape[1] and (fields["sample_id"], cond) not in done:
-                    yield {**fields, "condition": cond, "query": query, "layer": layer, "key_group": g,
-                           "mass": float(mass[layer, i]), **answer_fields(r)}
+            mass = r[0].mean(dim=(1, 2))  # [layer, group]: the key groups, then "other" when they leave keys out
+            names = list(keys) + ["other"] * (mass.shape[1] - len(keys))
+            for layer in range(m.n_layers):
+                for i, g in enumerate(names):
+                    yield {**fields, "condition": f"attention|{query}|L{layer}|{g}", "query": query, "layer": layer,
+                           "key_group": g, "mass": float(mass[layer, i]), **answer_fields(r)}
 
 
 def find_sinks(norms: torch.Tensor, z: float) -> torch.Tensor:
@@ -86,21 +82,17 @@ def find_sinks(norms: torch.Tensor, z: float) -> torch.Tensor:
     return torch.nonzero(((norms - med) / mad > z).any(0)).flatten()
 
 
-def attention_sinks(
-    m: AVModel, samples: Iterable[AVSample], params: AttentionParams, done: frozenset = frozenset()
-) -> Iterator[dict]:
-    """One record per sample: sink positions by role, their attention mass from the last
-    position (late layers), and the answer under knockout of sink -> last edges."""
+def norm_sinks(m: AVModel, samples: Iterable[AVSample], params: AttentionParams) -> Iterator[dict]:
+    """One record per sample: outlier-norm positions by role, their attention mass from the last
+    position (late layers), and the answer under knockout of sink -> last edges in every layer."""
     late = tuple(range(m.n_layers // 2, m.n_layers))
-    for s, p in prepared_samples(m, samples, "attention sinks"):
+    for s, p in prepared_samples(m, samples, "norm sinks"):
         fields = sample_fields(s)
-        if (fields["sample_id"], "sinks") in done:
-            continue
         base = m.run(p, [ResidNorm(late)])
         sinks = find_sinks(base[0], params.sink_z)
         sinks = sinks[sinks != len(p) - 1]  # the last position is the query, not a sink candidate
         roles = np.bincount(p.tokens.role[sinks.numpy()], minlength=len(ROLES)) if len(sinks) else np.zeros(len(ROLES))
-        record = {**fields, "condition": "sinks", "n_sinks": int(len(sinks)),
+        record = {**fields, "condition": "norm_sinks", "n_sinks": int(len(sinks)),
                   **{f"sinks_{ROLES[i]}": int(c) for i, c in enumerate(roles) if c},
                   **answer_fields(base)}
         if len(sinks):
@@ -110,6 +102,6 @@ def attention_sinks(
             record.update({
                 "sink_mass_last": float(read[0][..., 0].mean()),
                 "p_sink_knockout": cut.p_correct, "correct_sink_knockout": bool(cut.correct),
-                "dp_sink_knockout": (cut.p_correct - base.p_correct) / base.p_correct,
+                "dp_sink_knockout": dp(cut, base),
             })
         yield record

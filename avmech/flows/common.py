@@ -1,10 +1,17 @@
-"""What every flow shares: layer windows, sample records, and resumable iteration.
+"""What every flow shares: layer windows, sample records, and the flow contract.
 
-A flow is a generator ``flow(model, samples, params, done) -> records``: it walks the
+A flow is a generator ``flow(model, samples, params, **inputs) -> records``: it walks the
 samples, runs primitives, and yields one tidy record (a flat dict) per (sample,
-condition) as soon as it is known, skipping the pairs in ``done`` (already on disk from
-an interrupted run). Every record carries ``sample_id``, ``condition`` and the sample's
-task fields, so that figure scripts can split by task without the samples.
+condition) as soon as it is known, the records of one sample together, sample after
+sample. Every record carries ``sample_id``, ``condition`` and the sample's task fields,
+so that figure scripts can split by task without the samples. ``inputs`` are the records
+of other experiments a flow reads (a knockout sweep, for the layer a discard setting
+follows from): the experiment file names them, and the runner passes them.
+
+A flow knows nothing of what is on disk: the experiment runner (`avmech.experiment`)
+gives it the samples not yet finished and writes only the records not yet written, so
+an interrupted run resumes without repeats. A flow that draws random numbers seeds them
+per sample (`sample_rng`), so its records do not depend on which samples ran before.
 
 Flows get their samples through `prepared_samples`. A sample it cannot prepare (a corrupt
 clip: a `MediaError`, or an `InputError` about that one sample) is an error, unless the
@@ -18,17 +25,19 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import hashlib
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any, Iterable, Iterator
 
+import numpy as np
 from pydantic import AfterValidator
 from tqdm.auto import tqdm
 
 from avmech.errors import AVMechError, InputError, MediaError
 from avmech.metrics import dp
 from avmech.sample import AVSample
-from avmech.tokens import check_expression
+from avmech.tokens import ROLES, check_expression
 
 if TYPE_CHECKING:
     from avmech.interventions.run import RunResult
@@ -72,6 +81,18 @@ def sample_fields(s: AVSample) -> dict[str, Any]:
         if key in s.meta:
             out[key] = s.meta[key]
     return out
+
+
+def sample_rng(seed: int, sample_id: str) -> np.random.Generator:
+    """A generator seeded by ``seed`` and the sample alone: the same draws whichever samples ran before."""
+    return np.random.default_rng([seed, zlib.crc32(sample_id.encode())])
+
+
+def group_roles(p: Prepared, spec: str) -> str:
+    """The roles a group covers in this sample, in `ROLES` order ("instruction+question+option_letter"):
+    what an alias or expression meant, written into the records beside its name."""
+    present = set(p.tokens.role[p.tokens.positions(spec).numpy()].tolist())
+    return "+".join(ROLES[code] for code in sorted(present))
 
 
 def answer_fields(r: RunResult, base: RunResult | None = None) -> dict[str, Any]:

@@ -10,9 +10,14 @@ for every edge and window, a knockout of as many randomly drawn edges into the s
 target rows (keys outside the source group), showing the effect is about *which*
 edges, not how many.
 
-The study's edges: audio-visual video -- audio/video -> question, audio/video/question
--> last, last -> last; interleaved items -- candidates/reference/options -> last,
-candidates -> reference, correct vs incorrect options -> last (`STUDY_EDGES`).
+The study's edges (`STUDY_EDGES`): audio-visual video -- its input is
+``[system][video+audio][question+options]``, so the question is the whole text block
+(``question_block``: instruction, question, option letters and texts) and the audio
+every audio position (``audio_tokens``, video-SALMONN 2+'s padding silence included):
+audio/video -> question block, audio/video/question block -> last, last -> last;
+interleaved items -- candidates/reference/options -> last, candidates/question ->
+reference, candidates -> options, correct vs incorrect options -> last. Each record
+names the roles its groups covered in that sample (``src_roles``, ``dst_roles``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,15 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from avmech.errors import InputError
-from avmech.flows.common import GroupExpr, answer_fields, prepared_samples, sample_fields, windows
+from avmech.flows.common import (
+    GroupExpr,
+    answer_fields,
+    group_roles,
+    prepared_samples,
+    sample_fields,
+    sample_rng,
+    windows,
+)
 from avmech.interventions.knockout import AttentionKnockout, EdgeKnockout, group_edges
 from avmech.sample import AVSample
 
@@ -33,12 +46,12 @@ if TYPE_CHECKING:
 
 STUDY_EDGES = {
     "av-video": [
-        ("audio", "question"), ("video", "question"), ("audio", "last"), ("video", "last"),
-        ("question", "last"), ("last", "last"),
+        ("audio_tokens", "question_block"), ("video", "question_block"), ("audio_tokens", "last"),
+        ("video", "last"), ("question_block", "last"), ("last", "last"),
     ],
     "interleaved": [
         ("candidates", "last"), ("reference", "last"), ("options", "last"), ("candidates", "reference"),
-        ("question", "reference"), ("correct", "last"), ("incorrect", "last"),
+        ("question", "reference"), ("candidates", "options"), ("correct", "last"), ("incorrect", "last"),
     ],
 }
 
@@ -102,16 +115,13 @@ def random_pairs(p: Prepared, edge: Edge, rng: np.random.Generator) -> tuple[tup
     return tuple(pairs)
 
 
-def knockout_sweep(
-    m: AVModel, samples: Iterable[AVSample], params: KnockoutParams, done: frozenset = frozenset()
-) -> Iterator[dict]:
+def knockout_sweep(m: AVModel, samples: Iterable[AVSample], params: KnockoutParams) -> Iterator[dict]:
     """Yield one record per (sample, condition): base, then edge x window (x control)."""
-    rng = np.random.default_rng(params.seed)
     for s, p in prepared_samples(m, samples, "knockout sweep"):
         fields = sample_fields(s)
+        rng = sample_rng(params.seed, fields["sample_id"])
         base = m.run(p)
-        if (fields["sample_id"], "base") not in done:
-            yield {**fields, "condition": "base", **answer_fields(base)}
+        yield {**fields, "condition": "base", **answer_fields(base)}
         if params.only_correct and not base.correct:
             continue
         for edge in params.edges:
@@ -121,26 +131,22 @@ def knockout_sweep(
                     f"sample {fields['sample_id']!r}: the edge {edge.label} has nothing to cut ({reason}); set "
                     "allow_empty = true in the sweep's params to record such conditions as NaN, or drop the edge"
                 )
+            roles = {"src_roles": group_roles(p, edge.src), "dst_roles": group_roles(p, edge.dst)}
             for k in params.k:
-                wins = windows(m.n_layers, k)
                 conds, meta = [], []
-                for w in wins:
-                    kinds = ["edge", "random"] if params.random_control else ["edge"]
-                    for kind in kinds:
-                        cond = f"{edge.label}|k={k}|c={w.centre}|{kind}"
-                        info = {"condition": cond, "edge": edge.label, "src": edge.src, "dst": edge.dst,
-                                "k": k, "centre": w.centre, "start": w.start, "stop": w.stop,
-                                "control": kind, "n_edges": n_edges}
+                for w in windows(m.n_layers, k):
+                    for kind in ["edge", "random"] if params.random_control else ["edge"]:
+                        info = {"condition": f"{edge.label}|k={k}|c={w.centre}|{kind}", "edge": edge.label,
+                                "src": edge.src, "dst": edge.dst, **roles, "k": k, "centre": w.centre,
+                                "start": w.start, "stop": w.stop, "control": kind, "n_edges": n_edges}
                         why = reason
-                        if kind == "random" and n_edges:  # drawn even when done, so the rng stream is stable
+                        if kind == "random" and n_edges:
                             pairs = random_pairs(p, edge, rng)
                             info["n_edges"] = len(pairs)
                             why = "no key outside the source group to draw random edges from"
                             prim = EdgeKnockout(pairs, w.layers) if pairs else None
                         else:
                             prim = AttentionKnockout(edge.src, edge.dst, w.layers) if n_edges else None
-                        if (fields["sample_id"], cond) in done:
-                            continue
                         if prim is None:
                             yield {**fields, **info, "p_base": base.p_correct, "dp": math.nan, "empty_reason": why}
                             continue

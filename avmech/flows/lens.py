@@ -28,24 +28,17 @@ class LensParams(BaseModel):
     only_correct: bool = False
 
 
-def letter_lens(
-    m: AVModel, samples: Iterable[AVSample], params: LensParams, done: frozenset = frozenset()
-) -> Iterator[dict]:
+def letter_lens(m: AVModel, samples: Iterable[AVSample], params: LensParams) -> Iterator[dict]:
     """One record per (sample, layer)."""
     for s, p in prepared_samples(m, samples, "logit lens"):
         fields = sample_fields(s)
-        conds = [f"lens|L{layer}" for layer in range(m.n_layers)]
-        if all((fields["sample_id"], c) in done for c in conds):
-            continue
         r = m.run(p, [LogitLens(layers="all", positions="last", norm=params.norm, unembed=params.unembed)])
         if params.only_correct and not r.correct:
             continue
         probs = torch.softmax(r[0][:, 0].float(), dim=-1)[:, list(p.answer_ids)]  # [layer, option]
-        for layer, cond in enumerate(conds):
-            if (fields["sample_id"], cond) in done:
-                continue
+        for layer in range(m.n_layers):
             row = probs[layer]
-            yield {**fields, "condition": cond, "layer": layer,
+            yield {**fields, "condition": f"lens|L{layer}", "layer": layer,
                    "p_layer": float(row[s.answer]), "pred_layer": int(row.argmax()),
                    "rank_layer": int((row > row[s.answer]).sum()),
                    **{f"p_{letter}": float(row[i]) for i, letter in enumerate(s.letters)},

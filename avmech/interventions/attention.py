@@ -68,10 +68,10 @@ class AttentionRead(Intervention):
         m = ctx.m
         out = []
         for layer in ctx.check_layers(self.layers, "AttentionRead"):
-            attn = ctx.layer(layer).self_attn
-            _, kwargs = attn.inputs
-            base = kwargs.get("attention_mask")
-            q, k = attn.source.apply_rotary_pos_emb_0.output
+            decoder_layer = ctx.layer(layer)
+            _, kwargs = ctx.decoder.attention(decoder_layer).inputs
+            base = kwargs.get(ctx.decoder.mask_kw)
+            q, k = ctx.decoder.qk(decoder_layer)
             alive = ctx.alive(layer)
             rows = ctx.local(queries, layer)
             n = k.shape[2]
@@ -79,7 +79,7 @@ class AttentionRead(Intervention):
             b, kv = k.shape[0], k.shape[1]
             q = q[:, :, rows].float().view(b, kv, m.n_heads // kv, len(rows), -1)
             scores = (q @ k.float().unsqueeze(2).transpose(-1, -2)).view(b, m.n_heads, len(rows), n)
-            scores = scores * attn.scaling  # the module's own scale (read through its envoy)
+            scores = scores * ctx.decoder.scaling(decoder_layer)  # the module's own scale
             if base is None:
                 keys = torch.arange(n, device=scores.device)
                 mask = torch.zeros(len(rows), n, device=scores.device).masked_fill(

@@ -12,10 +12,11 @@ Sites follow TransformerLens's names, with the layer (and head) in the string:
 ===================  ==================================================  ===========
 ``resid_pre.L``      residual stream entering layer L                    [b, pos, d]
 ``resid_post.L``     residual stream leaving layer L                     [b, pos, d]
-``attn_out.L``       self-attention output of layer L (after o_proj)     [b, pos, d]
+``attn_out.L``       self-attention output of layer L (after the output  [b, pos, d]
+                     projection)
 ``mlp_out.L``        MLP output of layer L                               [b, pos, d]
-``head_out.L.H``     head H's output before o_proj (its slice of the     [b, pos, hd]
-                     o_proj input)
+``head_out.L.H``     head H's output before the output projection (its   [b, pos, hd]
+                     slice of the projection's input)
 ===================  ==================================================  ===========
 
 A new primitive is a subclass with typed fields and an ``apply``; it becomes a frozen
@@ -35,16 +36,15 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float, Int
 
+from avmech.decoder import Model
 from avmech.errors import InputError, ModelError
+from avmech.prepared import Prepared
 from avmech.tokens import Group
-
-if TYPE_CHECKING:
-    from avmech.models.base import AVModel, Prepared
 
 GroupSpec = str | Group | tuple  # a tuple (or list) of specs is their union
 SITE_KINDS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head_out")
@@ -100,7 +100,7 @@ class Intervention:
     def check(self, ctx: RunContext) -> None:
         """Validate against the model and sample; raise `InputError` naming the problem."""
 
-    def bind(self, m: AVModel, p: Prepared) -> Intervention:
+    def bind(self, m: Model, p: Prepared) -> Intervention:
         """Resolve what must be computed before the trace (e.g. a patch's source run)."""
         return self
 
@@ -143,12 +143,13 @@ def layer_list(layers: LayerSpec) -> tuple[int, ...] | str:
 
 
 class RunContext:
-    """What `apply` sees: the traced model under standard names, the sample's tokens, and
-    helpers that map groups to positions (taking dropped tokens into account)."""
+    """What `apply` sees: the traced model under standard names (``ctx.nn``), the family's
+    decoder map (``ctx.decoder``), the sample's tokens, and helpers that map groups to
+    positions (taking dropped tokens into account)."""
 
-    def __init__(self, m: AVModel, p: Prepared, drops: list[Intervention] = ()):
+    def __init__(self, m: Model, p: Prepared, drops: list[Intervention] = ()):
         self.m, self.p, self.tokens = m, p, p.tokens
-        self.nn = m.nn
+        self.nn, self.decoder = m.nn, m.decoder
         self.n_layers, self.n = m.n_layers, len(p)
         self.drops = list(drops)
         self._alive = self._alive_schedule([(self.positions(d.group), d.after_layer) for d in self.drops])
@@ -205,9 +206,9 @@ class RunContext:
         if site.kind == "resid_post":
             return layer.output
         if site.kind == "attn_out":
-            return layer.self_attn.output[0]
+            return self.decoder.attention(layer).output[0]
         if site.kind == "mlp_out":
-            return layer.mlp.output
+            return self.decoder.mlp(layer).output
         return self.head_output(site.layer, site.head)
 
     def write(self, site: Site | str, value: Float[torch.Tensor, "batch pos d_model"]) -> None:
@@ -219,21 +220,23 @@ class RunContext:
         elif site.kind == "resid_post":
             layer.output = value
         elif site.kind == "attn_out":
-            layer.self_attn.output = (value, layer.self_attn.output[1])
+            attention = self.decoder.attention(layer)
+            attention.output = (value, attention.output[1])
         elif site.kind == "mlp_out":
-            layer.mlp.output = value
+            self.decoder.mlp(layer).output = value
         else:
             self._check_head(site.head)
             hd = self.m.head_dim
-            merged = layer.self_attn.o_proj.input.clone()
+            heads = self.decoder.heads_in(layer)
+            merged = heads.input.clone()
             merged[..., site.head * hd:(site.head + 1) * hd] = value
-            layer.self_attn.o_proj.input = merged
+            heads.input = merged
 
     def head_output(self, layer: int, head: int) -> Float[torch.Tensor, "batch pos d_head"]:
-        """Head ``head``'s output in ``layer``: a view into o_proj's input, editable in place."""
+        """Head ``head``'s output in ``layer``: a view into the output projection's input, editable in place."""
         self._check_head(head)
         hd = self.m.head_dim
-        return self.layer(layer).self_attn.o_proj.input[..., head * hd:(head + 1) * hd]
+        return self.decoder.heads_in(self.layer(layer)).input[..., head * hd:(head + 1) * hd]
 
     def _check_head(self, head: int) -> None:
         if isinstance(head, bool) or not isinstance(head, int) or not 0 <= head < self.m.n_heads:

@@ -39,6 +39,13 @@ class TokenDrop(Intervention):
     def check(self, ctx: RunContext) -> None:
         if not -1 <= self.after_layer < ctx.n_layers:
             raise InputError(f"TokenDrop after_layer={self.after_layer} is outside -1..{ctx.n_layers - 1}")
+        injected = [i for i in ctx.decoder.injected_layers if i > self.after_layer]
+        if injected:
+            raise InputError(
+                f"TokenDrop after layer {self.after_layer}: this model adds features to the residual stream after "
+                f"layer {injected[-1]} outside its layers (DeepStack), at full length; drop after layer "
+                f"{injected[-1]} or later"
+            )
         if len(ctx.tokens.group("last") & ctx.group(self.group)):
             raise InputError("TokenDrop would remove the last position, where the answer is read: drop 'group - last'")
 
@@ -50,19 +57,19 @@ class TokenDrop(Intervention):
             alive = ctx.alive(layer)
             if len(alive) == len(full):
                 continue
-            decoder = ctx.layer(layer)
-            args, kwargs = decoder.inputs
+            dec, decoder_layer = ctx.decoder, ctx.layer(layer)
+            args, kwargs = decoder_layer.inputs
             kwargs = dict(kwargs)
             before = ctx.alive(layer - 1) if layer else full
             if len(alive) != len(before):  # this layer is where (more) positions go
-                hidden = args[0] if args else kwargs.pop("hidden_states")
+                hidden = args[0] if args else kwargs.pop(dec.hidden_kw)
                 keep = torch.nonzero(torch.isin(before, alive)).flatten()
                 args = (_index(hidden, keep, (1,)), *args[1:])
-            cos, sin = kwargs["position_embeddings"]
-            kwargs["position_embeddings"] = (_index(cos, alive, (1,)), _index(sin, alive, (1,)))
-            mask = kwargs.get("attention_mask")
+            kwargs[dec.rotary_kw] = tuple(_index(table, alive, (1,)) for table in kwargs[dec.rotary_kw])
+            mask = kwargs.get(dec.mask_kw)
             if isinstance(mask, torch.Tensor):
-                kwargs["attention_mask"] = _index(mask, alive, (2, 3))
-            if isinstance(kwargs.get("position_ids"), torch.Tensor):
-                kwargs["position_ids"] = _index(kwargs["position_ids"], alive, (kwargs["position_ids"].dim() - 1,))
-            decoder.inputs = (args, kwargs)
+                kwargs[dec.mask_kw] = _index(mask, alive, (2, 3))
+            positions = kwargs.get(dec.positions_kw)
+            if isinstance(positions, torch.Tensor):
+                kwargs[dec.positions_kw] = _index(positions, alive, (positions.dim() - 1,))
+            decoder_layer.inputs = (args, kwargs)

@@ -19,17 +19,16 @@ Other edits act on the prompt (prefill) only.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
-from transformers import DynamicCache
 
+from avmech.decoder import Model
+from avmech.errors import InputError
 from avmech.interventions.base import Intervention
 from avmech.interventions.knockout import AttentionKnockout
-from avmech.interventions.run import RunResult, prepare_interventions, run
-
-if TYPE_CHECKING:
-    from avmech.models.base import AVModel, Prepared
+from avmech.interventions.run import prepare_interventions, run
+from avmech.prepared import Prepared, RunResult
 
 
 @dataclass(frozen=True)
@@ -44,21 +43,21 @@ class Generation:
 
 
 def generate(
-    m: AVModel, p: Prepared, interventions: Sequence[Intervention] = (), max_new_tokens: int = 8
+    m: Model, p: Prepared, interventions: Sequence[Intervention] = (), max_new_tokens: int = 8
 ) -> Generation:
     bound, ctx = prepare_interventions(m, p, interventions)
-    cache = DynamicCache(config=m.hf.config.get_text_config())
+    dec = m.decoder
+    cache = dec.new_cache(m.llm_module)
     prefill = run(m, p, bound, cache=cache)
     knockouts = [i for i in bound if isinstance(i, AttentionKnockout)]
     n = len(p)
-    next_pos = int(p.position_ids.max()) + 1
     ids = [int(prefill.logits.argmax())]
     eos = m.tokenizer.eos_token_id
     while len(ids) < max_new_tokens and ids[-1] != eos:
         step = len(ids) - 1  # the newest token sits at position n + step
         tokens = p.tokens.extended(step + 1)
-        embeds = m.llm_module.embed_tokens(torch.tensor([[ids[-1]]], device=m.device))
-        position_ids = torch.full((3, 1, 1), next_pos + step, dtype=torch.long, device=m.device)
+        embeds = m.embed(torch.tensor([[ids[-1]]]))
+        position_ids = dec.next_positions(p.position_ids, step).to(m.device)
         masks = []
         for layer in range(m.n_layers):
             alive = torch.cat([ctx.alive(layer), torch.arange(n, n + step + 1)])
@@ -67,7 +66,7 @@ def generate(
                 if layer in ctx.check_layers(k.layers, "AttentionKnockout") and n + step in tokens.positions(k.dst):
                     blocked = torch.isin(alive, tokens.positions(k.src))
                     if blocked.all():
-                        raise ValueError(f"{k} leaves generated token {step} with no key to attend to")
+                        raise InputError(f"{k} leaves generated token {step} with no key to attend to")
                     heads = slice(None) if k.heads is None else list(k.heads)
                     if k.heads is not None:
                         mask = mask.expand(1, m.n_heads, 1, len(alive)).clone()
@@ -76,9 +75,9 @@ def generate(
         with torch.no_grad(), m.nn.trace() as tracer:
             with tracer.invoke(inputs_embeds=embeds, position_ids=position_ids, use_cache=True, **{m.cache_kwarg: cache}):
                 for layer in range(m.n_layers):
-                    attn = m.nn.llm.layers[layer].self_attn
+                    attn = dec.attention(m.nn.llm.layers[layer])
                     args, kwargs = attn.inputs
-                    attn.inputs = (args, {**kwargs, "attention_mask": masks[layer]})
+                    attn.inputs = (args, {**kwargs, dec.mask_kw: masks[layer]})
                 logits = m.nn.lm_head.output[0, -1].save()
         ids.append(int(logits.argmax()))
     lengths = tuple(cache.layers[layer].get_seq_length() for layer in range(m.n_layers))

@@ -168,10 +168,10 @@ def block(ctx: RunContext, layer: int, index: tuple[torch.Tensor, torch.Tensor],
 
     Starts from the mask the layer already receives (a copy: one tensor is shared by
     every layer), or from a causal mask where the kernel would run without one."""
-    attn = ctx.layer(layer).self_attn
+    attn = ctx.decoder.attention(ctx.layer(layer))
     args, kwargs = attn.inputs
-    hidden = args[0] if args else kwargs["hidden_states"]
-    base = kwargs.get("attention_mask")
+    hidden = args[0] if args else kwargs[ctx.decoder.hidden_kw]
+    base = kwargs.get(ctx.decoder.mask_kw)
     n = hidden.shape[1]
     low = torch.finfo(hidden.dtype).min
     if base is None:
@@ -187,4 +187,4 @@ def block(ctx: RunContext, layer: int, index: tuple[torch.Tensor, torch.Tensor],
         mask[:, h, q.unsqueeze(0), k.unsqueeze(0)] = low
     else:
         mask[:, :, q, k] = low
-    attn.inputs = (args, {**kwargs, "attention_mask": mask})
+    attn.inputs = (args, {**kwargs, ctx.decoder.mask_kw: mask})

@@ -15,16 +15,16 @@ resolved in each sample and must select as many positions in both.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from jaxtyping import Float
 
+from avmech.decoder import Model
 from avmech.errors import InputError
 from avmech.interventions.base import GroupSpec, Intervention, RunContext, Site
+from avmech.prepared import Prepared, RunResult
 
-if TYPE_CHECKING:
-    from avmech.models.base import AVModel, Prepared
 
 
 class Capture(Intervention):
@@ -72,14 +72,11 @@ class ActivationPatch(Intervention):
     def __post_init__(self) -> None:
         object.__setattr__(self, "site", Site.parse(self.site))
 
-    def bind(self, m: AVModel, p: Prepared) -> ActivationPatch:
-        from avmech.interventions.run import RunResult
-        from avmech.models.base import Prepared
-
+    def bind(self, m: Model, p: Prepared) -> ActivationPatch:
         src = self.source
         spec = self.source_positions if self.source_positions is not None else self.positions
         if isinstance(src, Prepared):
-            src = m.run(src, [Capture(self.site, spec)])
+            src = m.run(src, [Capture(self.site, spec)])  # where this run goes (`avmech.backends.use`)
         if isinstance(src, RunResult):
             found = [r for i, r in zip(src.interventions, src.readouts)
                      if isinstance(i, Capture) and i.site == self.site and i.positions == spec]

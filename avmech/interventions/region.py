@@ -13,8 +13,10 @@ fraction of a forward pass.
 each group through the region layers at once (conditions whose first knocked-out layer
 is later pass unchanged through the earlier region layers, which costs little for the
 few rows of late targets, and saves one pass of per-layer overhead per condition). The
-region runs the model's own decoder layers with an explicit ``[batch, 1, rows, n]`` mask
-(never sdpa's implicit causal path, which with cached keys is wrong). Conditions with
+region runs the model's own decoder layers, called through the family's decoder map
+(`avmech.decoder`), with an explicit ``[batch, 1, rows, n]`` mask (never sdpa's implicit
+causal path, which with cached keys is wrong), and adds what the decoder adds between
+layers (Qwen3-Omni's DeepStack visual features) at the region's positions. Conditions with
 other primitives, or whose region is the whole forward, fall back to a full run.
 
 The clean pass's state (hidden states, a KV cache) lives in this process, so a remote
@@ -25,31 +27,31 @@ numbers, computed where the model is.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Any, Sequence
 
 import torch
 from jaxtyping import Float
 
 from avmech.backends import Backend, resolve, use
+from avmech.decoder import Model
 from avmech.interventions.base import Intervention, RunContext
 from avmech.interventions.knockout import Knockout, causal_mask
-from avmech.interventions.run import RunResult, prepare_interventions, run, run_session
-
-if TYPE_CHECKING:
-    from avmech.models.base import AVModel, Prepared
+from avmech.interventions.run import prepare_interventions, run, run_session
+from avmech.prepared import Prepared, RunResult
 
 MASK_BUDGET = 2**26  # mask entries per batch (256 MB in float32)
 
 
 @dataclass(frozen=True)
 class CleanState:
-    """What the clean pass keeps: each layer's input, keys and values, and the rotary tables."""
+    """What the clean pass keeps: each layer's input, keys and values, the rotary tables,
+    and what the decoder adds between layers (``extra``, see `Decoder.after_layer`)."""
 
     resid_pre: list[Float[torch.Tensor, "1 pos d_model"]]
     keys: list[torch.Tensor]
     values: list[torch.Tensor]
-    cos: torch.Tensor
-    sin: torch.Tensor
+    rotary: tuple[torch.Tensor, ...]
+    extra: dict[str, Any]
 
 
 class _PrefixCache:
@@ -64,21 +66,19 @@ class _PrefixCache:
         return torch.cat([k, key_states], dim=2), torch.cat([v, value_states], dim=2)
 
 
-def clean_pass(m: AVModel, p: Prepared) -> CleanState:
+def clean_pass(m: Model, p: Prepared) -> CleanState:
     """One plain run that also keeps every layer's input and a full KV cache."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=m.hf.config.get_text_config())
+    cache = m.decoder.new_cache(m.llm_module)
     inputs = run(m, p, [_LayerInputs()], cache=cache)[0]
     enc = m.encode(p)
     with torch.no_grad():
-        cos, sin = m.llm_module.rotary_emb(enc.inputs_embeds, enc.position_ids)
+        rotary = m.decoder.rotary(m.llm_module, enc.inputs_embeds, enc.position_ids)
     layers = cache.layers
     return CleanState(
         resid_pre=list(inputs),
         keys=[layers[i].keys for i in range(m.n_layers)],
         values=[layers[i].values for i in range(m.n_layers)],
-        cos=cos, sin=sin,
+        rotary=tuple(rotary), extra=enc.extra,
     )
 
 
@@ -102,14 +102,15 @@ def region_of(bound: Sequence[Intervention], ctx: RunContext) -> tuple[int, int]
 
 
 def region_logits(
-    m: AVModel, ctx: RunContext, state: CleanState, conditions: list[list[Intervention]], l0: int, p0: int
+    m: Model, ctx: RunContext, state: CleanState, conditions: list[list[Intervention]], l0: int, p0: int
 ) -> Float[torch.Tensor, "batch d_vocab"]:
     """Last-position logits of a batch of knockout conditions, recomputing layers >= l0 at positions >= p0."""
     b, n = len(conditions), ctx.n
     rows = n - p0
     h = state.resid_pre[l0][:, p0:].expand(b, -1, -1)
-    cos, sin = state.cos[:, p0:].expand(b, -1, -1), state.sin[:, p0:].expand(b, -1, -1)
-    llm = m.llm_module
+    rotary = tuple(t[:, p0:].expand(b, *t[:, p0:].shape[1:]) for t in state.rotary)
+    positions = torch.arange(p0, n)
+    llm, dec = m.llm_module, m.decoder
     cache = _PrefixCache(state, p0, b)
     low = torch.finfo(h.dtype).min
     base = causal_mask(rows, n, h.dtype, h.device)
@@ -123,13 +124,13 @@ def region_logits(
                 for layers, q, k in cond:
                     if layer in layers:
                         mask[j, 0, q - p0, k] = low
-            h = llm.layers[layer](h, attention_mask=mask, position_embeddings=(cos, sin), use_cache=False,
-                                  **cache_kwarg)
-        return m.lm_head_module(llm.norm(h[:, -1]))
+            h = dec.run_layer(llm, layer, h, mask=mask, rotary=rotary, cache=cache_kwarg)
+            h = dec.after_layer(layer, h, positions, state.extra)
+        return m.lm_head_module(m.final_norm_module(h[:, -1]))
 
 
 def run_many(
-    m: AVModel, p: Prepared, conditions: Sequence[Sequence[Intervention]], backend: str | Backend | None = None
+    m: Model, p: Prepared, conditions: Sequence[Sequence[Intervention]], backend: str | Backend | None = None
 ) -> list[RunResult]:
     """Results of each condition, as `run` gives them: locally computing only affected
     regions, remotely one full trace per condition, all in one request."""
@@ -140,7 +141,7 @@ def run_many(
         return _affected_regions(m, p, conditions)
 
 
-def _affected_regions(m: AVModel, p: Prepared, conditions: Sequence[Sequence[Intervention]]) -> list[RunResult]:
+def _affected_regions(m: Model, p: Prepared, conditions: Sequence[Sequence[Intervention]]) -> list[RunResult]:
     results: list[RunResult | None] = [None] * len(conditions)
     groups: dict[int, list[tuple[int, int, list[Intervention]]]] = {}
     for j, cond in enumerate(conditions):

@@ -20,93 +20,38 @@ itself creates, so that a server's copy is the one returned.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import nnsight
 import torch
-from jaxtyping import Float
 from transformers import Cache
 
-from avmech.backends import Backend, RemoteError, check_portable, portable_context, resolve, use
-from avmech.errors import InputError, ModelError
+from avmech.backends import Backend, resolve, use
+from avmech.decoder import Model
+from avmech.errors import InputError, ModelError, RemoteError
 from avmech.interventions.base import Intervention, RunContext
 from avmech.interventions.drop import TokenDrop
-
-if TYPE_CHECKING:
-    from avmech.models.base import AVModel, Prepared
+from avmech.prepared import Prepared, RunResult
+from avmech.remote.portable import check_portable, portable_context
 
 STAGES = ("structure", "edit", "read")
 
 
-@dataclass(frozen=True, eq=False)
-class RunResult:
-    """What one run gives: the last position's logits, answer metrics and each readout.
-
-    ``result[i]`` or ``result[primitive]`` is the readout of the i-th / that primitive
-    (``None`` for edits)."""
-
-    logits: Float[torch.Tensor, " d_vocab"]
-    answer_ids: tuple[int, ...]
-    answer: int | None
-    interventions: tuple[Intervention, ...]
-    readouts: tuple[Any, ...]
-
-    def __getitem__(self, key: int | Intervention) -> Any:
-        if isinstance(key, int):
-            return self.readouts[key]
-        for i, r in zip(self.interventions, self.readouts):
-            if i is key or i == key:
-                return r
-        raise KeyError(f"{key!r} was not part of this run")
-
-    @property
-    def finite(self) -> bool:
-        """Whether the logits are all finite: a NaN or inf (an edit gone wrong, an overflow)
-        leaves the run without a prediction, never an argmax of NaNs."""
-        return bool(torch.isfinite(self.logits).all())
-
-    @property
-    def probs(self) -> Float[torch.Tensor, " d_vocab"]:
-        return torch.softmax(self.logits.float(), dim=-1)
-
-    @property
-    def letter_probs(self) -> Float[torch.Tensor, " n_option"]:
-        """Probability of each option letter at the last position (softmax over the whole vocabulary)."""
-        return self.probs[list(self.answer_ids)]
-
-    @property
-    def p_correct(self) -> float:
-        """Probability of the correct option's letter (NaN when the logits are not finite)."""
-        if self.answer is None:
-            raise ValueError("this sample has no answer: p_correct is undefined")
-        return float(self.letter_probs[self.answer]) if self.finite else float("nan")
-
-    @property
-    def pred(self) -> int | None:
-        """Index of the option whose letter has the highest logit; None when the logits are not finite."""
-        if not self.answer_ids:
-            raise ValueError("this sample has no options")
-        return int(torch.argmax(self.logits[list(self.answer_ids)])) if self.finite else None
-
-    @property
-    def correct(self) -> bool:
-        return self.answer is not None and self.pred is not None and self.pred == self.answer
-
-
-def _llm_inputs(m: AVModel, p: Prepared, cache: Cache | None = None) -> dict[str, Any]:
+def _llm_inputs(m: Model, p: Prepared, cache: Cache | None = None) -> dict[str, Any]:
     enc = m.encode(p)
     inputs = {
         "inputs_embeds": enc.inputs_embeds,
         "position_ids": enc.position_ids,
         "attention_mask": p.inputs["attention_mask"].to(m.device),
         "use_cache": cache is not None,
+        **enc.extra,
     }
     if cache is not None:
         inputs[m.cache_kwarg] = cache
     return inputs
 
 
-def prepare_interventions(m: AVModel, p: Prepared, interventions: Sequence[Intervention]):
+def prepare_interventions(m: Model, p: Prepared, interventions: Sequence[Intervention]):
     """Bind and check every primitive against model and sample; build the run context."""
     bad = [i for i in interventions if not isinstance(i, Intervention)]
     if bad:
@@ -127,7 +72,7 @@ class _Plan:
     order: list[int]
 
 
-def _plan(m: AVModel, p: Prepared, interventions: Sequence[Intervention], where: Backend) -> _Plan:
+def _plan(m: Model, p: Prepared, interventions: Sequence[Intervention], where: Backend) -> _Plan:
     if m.decoder_on_server and not where.remote:
         raise ModelError(
             f"{m.name} was loaded with decoder='server' (its LLM layers are on the NDIF server): "
@@ -170,7 +115,7 @@ def _result(p: Prepared, plan: _Plan, logits, readouts: dict[int, Any], where: B
 
 
 def run(
-    m: AVModel,
+    m: Model,
     p: Prepared,
     interventions: Sequence[Intervention] = (),
     cache: Cache | None = None,
@@ -189,7 +134,7 @@ def run(
     return _result(p, plan, logits, readouts, where)
 
 
-def run_session(m: AVModel, p: Prepared, conditions: Sequence[Sequence[Intervention]], where: Backend) -> list[RunResult]:
+def run_session(m: Model, p: Prepared, conditions: Sequence[Sequence[Intervention]], where: Backend) -> list[RunResult]:
     """Every condition as one trace of a single remote request (an nnsight session): the
     sample's inputs travel once, not once per condition."""
     plans = [_plan(m, p, list(c), where) for c in conditions]

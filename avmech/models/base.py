@@ -1,25 +1,33 @@
 """AVModel: one audio-visual LLM, traced with nnsight under standard module names.
 
-Every family (Qwen2.5-Omni, video-SALMONN 2+) is an ordinary transformers module tree,
-but the trees spell their parts differently and change between transformers versions.
-avmech finds the parts by probing their structure once at load time and gives them one
-vocabulary of names, bound as nnsight aliases (no module is copied or wrapped):
+Every family (Qwen2.5-Omni, video-SALMONN 2+, Qwen3-Omni) is an ordinary transformers
+module tree, but the trees spell their parts differently and change between transformers
+versions. avmech finds the parts by probing their structure once at load time and gives
+them one vocabulary of names, bound as nnsight aliases (no module is copied or wrapped):
 
 =================  ==========================================================
 ``llm``            the decoder: ``llm.embed_tokens``, ``llm.layers[i]``, ``llm.norm``
-``llm.layers[i]``  a decoder layer: ``.self_attn`` (returns ``(out, weights)``), ``.mlp``
+``llm.layers[i]``  a decoder layer (its attention, MLP ... reached through ``m.decoder``)
 ``ln_final``       the final norm before the unembedding
 ``lm_head``        the unembedding
 ``audio_encoder``  the audio tower;  ``vision_encoder``: the ViT
 =================  ==========================================================
 
-and checks at load time that each produces the shape it should. A family adapter (a
-subclass) only says how to turn an `AVSample` into model inputs (`prepare`) and how to
-run its encoders (`encode_media`); everything downstream works on any AVModel.
+What lies inside a decoder layer is family knowledge, declared once per family as a
+decoder map (``m.decoder``, see `avmech.decoder`). At load time `check_sites` runs the
+LLM on a few tokens and checks each standard site and each part of the decoder map:
+shapes, queries and keys after the rotary embedding, and that calling one layer by the
+map reproduces the layer.
+
+A family adapter (a subclass) says how to turn an `AVSample` into model inputs
+(`prepare`) and how to run its encoders (`encode_media`); `run`, `run_many` and
+`generate` hand the model to the engine (`avmech.interventions`), which works on any
+model with a decoder map. A family is registered with a `Family` record
+(`avmech.models.registry`).
 
 The data flow: ``prepare`` -> `Prepared` (model inputs + `TokenMap`) -> ``encode`` once
 (encoders run, features scattered into the token embeddings, cached on the Prepared)
--> traces of the LLM alone on those embeddings with explicit 3-D position ids.
+-> traces of the LLM alone on those embeddings with explicit position ids.
 """
 
 from __future__ import annotations
@@ -28,60 +36,29 @@ import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
+import nnsight
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import nn
 
 from avmech import media
+from avmech.backends import Backend, resolve, use
+from avmech.decoder import Decoder
 from avmech.errors import InputError, ModelError
+from avmech.interventions.base import Intervention
+from avmech.interventions.generate import Generation, generate
+from avmech.interventions.knockout import causal_mask
+from avmech.interventions.region import run_many
+from avmech.interventions.run import run
+from avmech.models.envoy import AVEnvoy
+from avmech.prepared import Encoded, Prepared, RunResult
 from avmech.sample import AVSample
-from avmech.tokens import TokenMap
-
 
 # Beside a checkpoint: how media are sampled and sized, where it differs from the family's release.
 MEDIA_POLICY_FILE = "avmech_media.json"
-
-
-@dataclass(frozen=True, eq=False)
-class Prepared:
-    """A sample turned into model inputs, with the map of what each position is.
-
-    ``inputs`` runs the whole model: ``m.hf(**p.inputs)``; it holds the explicit 3-D
-    ``position_ids`` and a 2-D ``attention_mask``. ``answer_ids`` are the token ids of
-    the option letters as the model would write them at the last position.
-    """
-
-    sample: AVSample
-    inputs: dict[str, Any]
-    tokens: TokenMap
-    answer_ids: tuple[int, ...]
-    text: str
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def input_ids(self) -> Int[torch.Tensor, "batch pos"]:
-        return self.inputs["input_ids"]
-
-    @property
-    def position_ids(self) -> Int[torch.Tensor, "3 batch pos"]:
-        return self.inputs["position_ids"]
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[-1]
-
-    def __repr__(self) -> str:
-        return f"Prepared({self.sample.id or 'sample'!r}, {len(self)} positions)\n{self.tokens.summary()}"
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """The LLM's inputs after the encoders ran: what every later trace starts from."""
-
-    inputs_embeds: Float[torch.Tensor, "batch pos d_model"]
-    position_ids: Int[torch.Tensor, "3 batch pos"]
 
 
 def _module_path(root: nn.Module, target: nn.Module) -> str:
@@ -99,11 +76,12 @@ def _first_path(root: nn.Module, candidates: tuple[str, ...]) -> str | None:
 class AVModel:
     """An audio-visual LLM with its processor, traced by nnsight under standard names.
 
-    Subclasses set `family`, the encoder path candidates, and implement `prepare` and
-    `encode_media`.
+    Subclasses set `family`, `decoder` (the family's decoder map), the encoder path
+    candidates, and implement `prepare` and `encode_media`.
     """
 
     family: str = "base"
+    decoder: Decoder
     audio_paths: tuple[str, ...] = ()
     vision_paths: tuple[str, ...] = ()
 
@@ -116,19 +94,17 @@ class AVModel:
         self.media_policy = dict(media_policy or {})
         self.paths = self._probe_paths()
         rename = {path: alias for alias, path in self.paths.items() if path != alias}
-        from avmech.backends import AVRemoteModel
-
-        self.nn = AVRemoteModel(self.hf, rename=rename)  # an nnsight envoy that can also run on an NDIF server
+        self.nn = AVEnvoy(self.hf, rename=rename)  # an nnsight envoy that can also run on an NDIF server
         self.nn.repo_id = name
-        text = self.llm_module.layers[0].self_attn
+        attention = self.decoder.attention(self.llm_module.layers[0])
         # A client of a server that holds the decoder keeps one layer here (for shapes) and
         # knows the served depth: see `avmech.load(..., decoder="server")`.
         self.decoder_on_server = served_layers is not None
         self.n_layers = served_layers if self.decoder_on_server else len(self.llm_module.layers)
         self.d_model = self.llm_module.embed_tokens.embedding_dim
-        self.n_heads = getattr(text, "num_heads", None) or text.config.num_attention_heads
-        self.n_kv_heads = getattr(text, "num_key_value_heads", None) or text.config.num_key_value_heads
-        self.head_dim = text.head_dim
+        self.n_heads = attention.config.num_attention_heads
+        self.n_kv_heads = attention.config.num_key_value_heads
+        self.head_dim = attention.head_dim
         self.d_vocab = self.lm_head_module.out_features
         self.check_sites()
 
@@ -165,15 +141,23 @@ class AVModel:
         return self._module("llm")
 
     @property
+    def final_norm_module(self) -> nn.Module:
+        return self._module("ln_final")
+
+    @property
     def lm_head_module(self) -> nn.Module:
         return self._module("lm_head")
+
+    def embed(self, ids: Int[torch.Tensor, "batch pos"]) -> Float[torch.Tensor, "batch pos d_model"]:
+        """Token embeddings of ``ids`` (no media features)."""
+        return self.llm_module.embed_tokens(ids.to(self.device))
 
     @property
     def attn_implementation(self) -> str:
         """The attention kernel the decoder layers run, read from each layer's own config (a
         kernel set on the text config alone is what runs; "mixed(...)" if they differ)."""
-        kinds = {(getattr(layer.self_attn, "config", None) or self.hf.config)._attn_implementation or "eager"
-                 for layer in self.llm_module.layers}
+        kinds = {(getattr(self.decoder.attention(layer), "config", None) or self.hf.config)._attn_implementation
+                 or "eager" for layer in self.llm_module.layers}
         return kinds.pop() if len(kinds) == 1 else f"mixed({', '.join(sorted(kinds))})"
 
     @property
@@ -190,29 +174,46 @@ class AVModel:
         return self.llm_module.embed_tokens.weight.dtype
 
     def check_sites(self) -> None:
-        """Run the LLM on 3 tokens in a trace and check each standard site's shape."""
-        n = 3
-        ids = torch.zeros(1, n, dtype=torch.long, device=self.device)
-        d, v = self.d_model, self.d_vocab
-        # Read in execution order (nnsight requires it): attention, MLP, layer, norm, head.
+        """Run the LLM on 3 tokens and check each standard site and the decoder map.
+
+        In one trace, in execution order: layer 0's input, its queries and keys after the
+        rotary embedding (``decoder.qk``), the heads' concatenated output
+        (``decoder.heads_in``), the attention and MLP outputs, the layer's output, the
+        final norm and the unembedding, each against its expected shape. Then, outside the
+        trace, layer 0 called through the map (``decoder.rotary`` + ``decoder.run_layer``
+        with an explicit causal mask) must give the traced layer's output."""
+        n, dec = 3, self.decoder
+        d, v, h, kv, hd = self.d_model, self.d_vocab, self.n_heads, self.n_kv_heads, self.head_dim
+        embeds = self.embed(torch.zeros(1, n, dtype=torch.long))
+        positions = torch.arange(n, device=self.device).expand(dec.position_axes, 1, n)
         expect = {
-            "llm.layers[0].self_attn output[0]": (1, n, d),
-            "llm.layers[0].mlp output": (1, n, d),
-            "llm.layers[0] output": (1, n, d),
-            "ln_final output": (1, n, d),
+            "llm.layers[0] input": (1, n, d), "decoder.qk queries": (1, h, n, hd), "decoder.qk keys": (1, kv, n, hd),
+            "decoder.heads_in input": (1, n, h * hd), "decoder.attention output[0]": (1, n, d),
+            "decoder.mlp output": (1, n, d), "llm.layers[0] output": (1, n, d), "ln_final output": (1, n, d),
             "lm_head output": (1, n, v),
         }
         layer = self.nn.llm.layers[0]
-        with torch.no_grad(), self.nn.trace(inputs_embeds=self.llm_module.embed_tokens(ids), use_cache=False):
-            attn = layer.self_attn.output[0].shape.save()
-            mlp = layer.mlp.output.shape.save()
-            out = layer.output.shape.save()
-            norm = self.nn.ln_final.output.shape.save()
-            head = self.nn.lm_head.output.shape.save()
-        got = dict(zip(expect, (attn, mlp, out, norm, head)))
-        bad = {k: (tuple(v), expect[k]) for k, v in got.items() if tuple(v) != expect[k]}
+        try:
+            with torch.no_grad(), self.nn.trace(inputs_embeds=embeds, position_ids=positions, use_cache=False):
+                x = layer.input.save()
+                q, k = dec.qk(layer)
+                shapes = [x.shape, q.shape, k.shape, dec.heads_in(layer).input.shape,
+                          dec.attention(layer).output[0].shape, dec.mlp(layer).output.shape]
+                y = layer.output.save()
+                shapes += [y.shape, self.nn.ln_final.output.shape, self.nn.lm_head.output.shape]
+                shapes = nnsight.save([tuple(s) for s in shapes])
+        except Exception as e:  # a map naming a part the model does not have fails inside nnsight
+            raise ModelError(f"{self.name}: the {self.family} decoder map does not fit this model ({e})") from e
+        bad = {k: (got, want) for (k, want), got in zip(expect.items(), shapes) if got != want}
         if bad:
             raise ModelError(f"{self.name}: standard sites have unexpected shapes (got, expected): {bad}")
+        with torch.no_grad():
+            rotary = dec.rotary(self.llm_module, x, positions)
+            again = dec.run_layer(self.llm_module, 0, x, mask=causal_mask(n, n, x.dtype, x.device), rotary=rotary,
+                                  cache={})
+        if not torch.allclose(again, y, atol=1e-4, rtol=1e-4):
+            raise ModelError(f"{self.name}: layer 0 called through the {self.family} decoder map differs from the "
+                             f"model's own (max {float((again - y).abs().max()):.2e})")
 
     # ---- inputs --------------------------------------------------------------------
     def prepare(self, sample: AVSample) -> Prepared:
@@ -248,40 +249,36 @@ class AVModel:
         if n > limit:
             raise InputError(f"the prompt has {n} tokens, beyond this model's {limit}: use a shorter clip or fewer frames")
 
-    def encode_media(self, p: Prepared) -> Float[torch.Tensor, "batch pos d_model"]:
+    def encode_media(self, p: Prepared) -> Encoded:
+        """The LLM's inputs for ``p``: token embeddings with the media features in place."""
         raise NotImplementedError
 
     def encode(self, p: Prepared) -> Encoded:
         """Run the encoders once for ``p`` (cached on it): token embeddings with media features."""
         if "encoded" not in p._cache:
             with torch.no_grad():
-                embeds = self.encode_media(p)
-            p._cache["encoded"] = Encoded(embeds, p.position_ids.to(self.device))
+                p._cache["encoded"] = self.encode_media(p)
         return p._cache["encoded"]
 
     # ---- running ---------------------------------------------------------------------
     # ``backend``: "local", "ndif" or an `avmech.backends.Backend`; None: the one
     # `avmech.backends.use` set, else local.
-    def run(self, p: Prepared, interventions=(), backend=None):
-        """Run the LLM on ``p`` with a list of primitives in one trace: a `RunResult`."""
-        from avmech.interventions.run import run
-
+    def run(self, p: Prepared, interventions: Sequence[Intervention] = (),
+            backend: str | Backend | None = None) -> RunResult:
+        """Run the LLM on ``p`` with a list of primitives in one trace (`avmech.interventions.run`)."""
         return run(self, p, list(interventions), backend=backend)
 
-    def run_many(self, p: Prepared, conditions, backend=None):
+    def run_many(self, p: Prepared, conditions: Sequence[Sequence[Intervention]],
+                 backend: str | Backend | None = None) -> list[RunResult]:
         """Run each condition (a list of primitives) on ``p``; results in the same order.
 
         Locally, knockout conditions recompute only their affected region
         (`avmech.interventions.region`); remotely each condition is one full run."""
-        from avmech.interventions.region import run_many
-
         return run_many(self, p, conditions, backend=backend)
 
-    def generate(self, p: Prepared, interventions=(), max_new_tokens: int = 8, backend=None):
+    def generate(self, p: Prepared, interventions: Sequence[Intervention] = (), max_new_tokens: int = 8,
+                 backend: str | Backend | None = None) -> Generation:
         """Greedy continuation of ``p`` under ``interventions`` (see `avmech.interventions.generate`)."""
-        from avmech.backends import resolve, use
-        from avmech.interventions.generate import generate
-
         where = resolve(backend)
         if where.remote:
             raise InputError(
@@ -311,3 +308,21 @@ def load_processor(path: str | Path):
     from transformers import AutoProcessor
 
     return AutoProcessor.from_pretrained(str(path))
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family, as the registry (`avmech.models.registry`) knows it.
+
+    ``recognises``: whether a checkpoint's ``config.json`` (a dict) is this family's;
+    ``load``: ``load(path, name=, media_policy=, decoder="local" | "server", **options)``
+    builds its `AVModel` (``decoder="server"``: one decoder layer, the rest served
+    remotely); ``embedded``: its embedded demo models, name -> ``build(path, seed)``
+    writing a checkpoint that ``load`` reads; ``options``: the keyword options only this
+    family takes (e.g. video-SALMONN 2+'s ``position_mode``)."""
+
+    name: str
+    recognises: Callable[[dict[str, Any]], bool]
+    load: Callable[..., AVModel]
+    embedded: dict[str, Callable[[Path, int], None]] = field(default_factory=dict)
+    options: tuple[str, ...] = ()

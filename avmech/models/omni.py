@@ -24,18 +24,21 @@ token. Position ids come from the model's own ``get_rope_index``, computed once.
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
 from PIL import Image
 from torchvision.transforms.functional import InterpolationMode, resize
 
 from avmech import media
 from avmech.errors import InputError, ModelError
-from avmech.models.base import AVModel, Prepared
+from avmech.models.base import AVModel, Family, load_processor
+from avmech.models.decoders import QwenDecoder
+from avmech.models.omni_tiny import OMNI_SIZES, save_omni
+from avmech.prepared import Encoded, Prepared
 from avmech.prompt import (
     Built, Part, PromptBuilder, Slot, chat_parts, check_text, conversation, item_slots, render, user_parts,
 )
@@ -67,6 +70,7 @@ class OmniModel(AVModel):
     ``video_total_pixels``, ``image_min_pixels``, ``image_max_pixels``."""
 
     family = "qwen2.5-omni"
+    decoder = QwenDecoder()
     audio_paths = ("model.audio_tower", "audio_tower")
     vision_paths = ("model.visual", "visual")
     policy_defaults = dict(
@@ -290,7 +294,7 @@ class OmniModel(AVModel):
                 b.run(tok.audio_token, z - a, "audio", time=np.arange(a, z) / rate, chunk=j)
 
     # ---- encoders ------------------------------------------------------------------
-    def encode_media(self, p: Prepared) -> Float[torch.Tensor, "batch pos d_model"]:
+    def encode_media(self, p: Prepared) -> Encoded:
         """Token embeddings with the audio/image/video features scattered in at their placeholders."""
         inp = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in p.inputs.items()}
         ids = inp["input_ids"]
@@ -317,7 +321,7 @@ class OmniModel(AVModel):
                 inp["pixel_values_videos"], inp["video_grid_thw"], return_dict=True
             ).pooler_output
             embeds = scatter(embeds, cfg.video_token_id, torch.cat(feats))
-        return embeds
+        return Encoded(embeds, p.position_ids.to(self.device))
 
 
 def load_omni(path: str | Path, name: str, media_policy: dict[str, Any] | None = None, decoder: str = "local",
@@ -332,8 +336,6 @@ def load_omni(path: str | Path, name: str, media_policy: dict[str, Any] | None =
     be in the checkpoint; ``decoder="server"`` builds one decoder layer (see `avmech.load`)."""
     from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
     from transformers.utils import logging as hf_logging
-
-    from avmech.models.base import load_processor
 
     config = AutoConfig.from_pretrained(str(path))
     released = config.model_type == "qwen2_5_omni"
@@ -361,3 +363,11 @@ def load_omni(path: str | Path, name: str, media_policy: dict[str, Any] | None =
             "(every safetensors shard downloaded)?"
         )
     return OmniModel(hf, load_processor(path), name=name, media_policy=media_policy, served_layers=served)
+
+
+FAMILY = Family(
+    name="qwen2.5-omni",
+    recognises=lambda config: config.get("model_type") in ("qwen2_5_omni", "qwen2_5_omni_thinker"),
+    load=load_omni,
+    embedded={name: partial(save_omni, name) for name in OMNI_SIZES},
+)

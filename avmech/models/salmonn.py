@@ -43,6 +43,7 @@ import dataclasses
 import json
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,10 @@ from jaxtyping import Float
 
 from avmech import media
 from avmech.errors import InputError, ModelError
-from avmech.models.base import MEDIA_POLICY_FILE, AVModel, Prepared
+from avmech.models.base import MEDIA_POLICY_FILE, AVModel, Family
+from avmech.models.decoders import QwenDecoder
+from avmech.models.salmonn_tiny import SALMONN_SIZES, save_salmonn
+from avmech.prepared import Encoded, Prepared
 from avmech.models.salmonn_checkpoint import read_released, write_released
 from avmech.models.salmonn_inputs import Block, MediaPolicy, audio_per_step, check_position_mode, position_ids
 from avmech.models.salmonn_modeling import CHUNK_SECONDS, SalmonnProcessor, VideoSalmonn2Plus
@@ -80,6 +84,7 @@ class SalmonnModel(AVModel):
     """video-SALMONN 2+; media policy keys are the fields of `MediaPolicy` (defaults = the released rules)."""
 
     family = "video-salmonn2+"
+    decoder = QwenDecoder()
     audio_paths = ("audio",)
     vision_paths = ("vl.model.visual",)
 
@@ -246,10 +251,10 @@ class SalmonnModel(AVModel):
         return chat_parts(system, user_parts(s, lead, after_lead="\n"))
 
     # ---- encoders and checkpoints -------------------------------------------------------
-    def encode_media(self, p: Prepared) -> Float[torch.Tensor, "batch pos d_model"]:
+    def encode_media(self, p: Prepared) -> Encoded:
         """Token embeddings with the image, video and audio features scattered in at their placeholders."""
         media_inputs = {k: v.to(self.device) for k, v in p.inputs.items() if k in MEDIA_KEYS}
-        return self.hf.embed(p.input_ids.to(self.device), **media_inputs)
+        return Encoded(self.hf.embed(p.input_ids.to(self.device), **media_inputs), p.position_ids.to(self.device))
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write the released checkpoint layout, processor and media policy: `avmech.load(path)` gives it back."""
@@ -289,3 +294,12 @@ def load_salmonn(
 def is_released_salmonn(config: dict[str, Any]) -> bool:
     """Whether a ``config.json`` dict is a video-SALMONN 2+ checkpoint in the released layout."""
     return config.get("model_type") == "qwen2_5_vl" and isinstance(config.get("audio_config"), dict)
+
+
+FAMILY = Family(
+    name="video-salmonn2+",
+    recognises=is_released_salmonn,
+    load=load_salmonn,
+    embedded={name: partial(save_salmonn, name) for name in SALMONN_SIZES},
+    options=("position_mode",),
+)

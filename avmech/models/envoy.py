@@ -1,0 +1,47 @@
+"""The nnsight envoy every `AVModel` traces with, and its remote identity.
+
+Locally it is an ordinary nnsight envoy over the loaded module, with the standard names
+bound as aliases (``llm``, ``ln_final``, ``lm_head``, ...). It also knows how an NDIF
+server names and builds the same model: the key class (`avmech.models.serving`, which
+loads the model exactly as `avmech.load` does, so module paths match on both sides) and
+the attention kernel the client checked its primitives against, which the server
+switches its shared model to before running a request.
+"""
+
+from __future__ import annotations
+
+import json
+
+from nnsight.modeling.mixins.remotable import Remotable
+
+from avmech.errors import ModelError
+
+# The class a server builds a model with, named in every NDIF key of an avmech model.
+KEY_CLASS = "avmech.models.serving.AVRemoteModel"
+
+
+class AVEnvoy(Remotable):
+    """An nnsight envoy with a remote identity: ``repo_id`` names the model on a server."""
+
+    repo_id: str = ""
+    key_class: str = KEY_CLASS
+
+    @staticmethod
+    def key_suffix(repo_id: str) -> str:
+        """The JSON half of an NDIF model key: the repository id (and no revision)."""
+        return json.dumps({"repo_id": repo_id, "revision": None})
+
+    def _remoteable_model_key(self) -> str:
+        return self.key_suffix(self.repo_id)
+
+    def _remoteable_get_env(self) -> dict:
+        return {"attn_implementation": self._module.config._attn_implementation}
+
+    def _remoteable_set_env(self, env: dict | None) -> None:
+        """Server side: run the kernel the client checked its primitives against."""
+        wanted = (env or {}).get("attn_implementation")
+        if wanted is None or wanted == self._module.config._attn_implementation:
+            return
+        self._module.set_attn_implementation(wanted)
+        if self._module.config._attn_implementation != wanted:
+            raise ModelError(f"{type(self._module).__name__} cannot switch its attention kernel to {wanted!r}")

@@ -1,0 +1,169 @@
+"""paper_figures' driver and registry: every declared figure drawn from saved files alone, the
+experiments run in the order their inputs say, the layouts written by preparing samples,
+and `avmech figures` reached through an entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from avmech.errors import InputError
+from avmech.experiment import load_experiment
+from paper_figures import make, registry
+from test_figures import AV_EDGES, DEMO, knockout, layout_json, write_results
+
+
+# ---- the driver --------------------------------------------------------------------------
+def discard_frame() -> pd.DataFrame:
+    return pd.DataFrame({"sample_id": ["s1"] * 2, "setting": ["full", "video"], "applies": True,
+                         "drops": [None, "video@2"], "layer_source": [None, "fraction 0.72 of 4 layers"],
+                         "correct": True, "p_correct": 0.3, "prefill_ms": [5.0, 4.0], "llm_ms": [3.0, 2.0],
+                         "full_prefill_ms": [None, 5.0], "full_llm_ms": [None, 3.0], "n_tokens": 10,
+                         "n_kept_last_layer": [10, 8]})
+
+
+def hand_made_results(root, skip=()) -> None:
+    """Hand-made records for every experiment of the study (no model run), with config/env files."""
+    av = knockout(AV_EDGES + (("video", "question"), ("audio", "last"), ("question", "last")))
+    frames = {
+        "av_video_knockout": av,
+        "interleaved_knockout": knockout((("candidates", "last"), ("candidates", "reference")),
+                                         tasks=(("A->I", ("s1",)),), task_col="direction"),
+        "av_video_window_ablation": knockout((("audio", "question"),), ks=(1, 3), controls=("edge", "random")),
+        "attention_allocation": pd.DataFrame({"sample_id": ["s1"] * 2, "query": "last", "layer": [0, 1],
+                                              "key_group": "audio", "mass": [0.2, 0.3]}),
+        "attention_spikes": pd.DataFrame({"sample_id": ["s1"], "n_spikes": [0], "spike_layers": [""], "ratio": 10.0,
+                                          "max_ratio": 2.0, "correct": [True], "p_correct": [0.3]}),
+        "norm_sinks": pd.DataFrame({"sample_id": ["s1"], "n_sinks": [0], "correct": [True]}),
+        "letter_lens": pd.DataFrame({"sample_id": ["s1"] * 2, "layer": [0, 1], "p_layer": [0.1, 0.2],
+                                     "rank_layer": [1, 0], "p_A": 0.1, "p_B": 0.2}),
+        "modality_reliance": pd.DataFrame({"sample_id": ["s1"] * 3, "input": ["both", "no_audio", "no_video"],
+                                           "applies": True, "correct": True, "correct_base": True,
+                                           "p_correct": 0.3, "dp": [None, 0.1, -0.1]}),
+        "token_discard": discard_frame(), "token_discard_interleaved": discard_frame(),
+        "worldsense_discard": discard_frame(),
+        "effective_pathway": pd.DataFrame({"sample_id": ["s1"], "correct_base": [True], "correct": [True],
+                                           "p_correct": [0.3], "applies": [True], "dp": [0.0],
+                                           "fraction_kept": [0.5], "necessary": [""]}),
+    }
+    for name, frame in frames.items():
+        if name in skip:
+            continue
+        write_results(root, name, frame)
+    (root / "layout" / DEMO).mkdir(parents=True)
+    (root / "layout" / DEMO / "layout.json").write_text(json.dumps(layout_json()))
+
+
+def test_the_registry_is_the_one_list_of_figures():
+    entries = registry.entries()
+    scripts = {p.stem for p in Path(make.__file__).parent.glob("*.py")} - {
+        "__init__", "__main__", "common", "registry", "make", "index"}
+    assert {e.module.split(".")[-1] for e in entries} == scripts  # every script declares, nothing else does
+    assert len({e.name for e in entries}) == len(entries) == 12
+    for e in entries:
+        assert not hasattr(__import__(e.module, fromlist=["x"]), "main")  # no per-script main tails
+    studied = {x for e in entries for x in e.experiments}
+    assert studied == {p.stem for p in make.EXPERIMENTS.glob("*.toml")}  # every experiment is drawn
+    with pytest.raises(ValueError, match="both declare"):
+        registry.figure("fig_letter_lens", "t", ())(lambda records, meta: None)
+
+
+def test_driver_renders_every_figure_from_saved_results_without_a_model(tmp_path, monkeypatch):
+    import avmech
+    import avmech.experiment
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the driver loaded or ran a model although every result was on disk")
+
+    monkeypatch.setattr(avmech, "load", no_model)
+    monkeypatch.setattr(avmech.experiment, "run_experiment", no_model)
+    hand_made_results(tmp_path / "results")
+    index = make.make(tmp_path / "results", tmp_path / "out", models=(DEMO,))
+    out = tmp_path / "out"
+    entries = registry.entries()
+    for e in entries:
+        assert (out / f"{e.name}.png").stat().st_size > 10_000 and (out / f"{e.name}.pdf").exists()
+        if e.numbers is not None:
+            assert (out / f"{e.name}.md").exists() and (out / f"{e.name}.csv").exists()
+    md = index.read_text()
+    assert md.count("## ") == len(entries) and "Not drawn" not in md
+    av = tmp_path / "results" / "av_video_knockout" / DEMO / "records.parquet"
+    n = len(pd.read_parquet(av))
+    assert f"| av_video_knockout | {av} | {n} | 4 | {DEMO} (RANDOM demo model — not a finding) |" in md
+    assert "0123abcd" in md and "layout.json" in md
+    assert (out / "index.html").read_text().count("<img ") == len(entries)
+
+
+def test_driver_runs_each_experiment_after_those_it_reads(tmp_path, monkeypatch):
+    import avmech
+    import avmech.experiment
+
+    ran = []
+    monkeypatch.setattr(avmech, "load", lambda name, seed=0: f"model {name}")
+
+    def fake_run(exp, results, model=None):
+        assert model == f"model {exp.model}"
+        ran.append(f"{exp.name} on {exp.model}")
+        write_results(results, exp.name, pd.DataFrame({"sample_id": ["s1"], "condition": ["base"]}))
+
+    monkeypatch.setattr(avmech.experiment, "run_experiment", fake_run)
+    readers = ("effective_pathway", "token_discard", "worldsense_discard")  # all that read av_video_knockout
+    hand_made_results(tmp_path, skip=("av_video_knockout", *readers))
+    assert make.run_missing(tmp_path, make.EXPERIMENTS, (DEMO,), lambda name, seed: avmech.load(name)) == ran
+    assert ran[0] == f"av_video_knockout on {DEMO}" and len(ran) == 4  # the sweep before what reads it
+    assert set(ran[1:]) == {f"{name} on {DEMO}" for name in readers}
+    seed = json.loads((tmp_path / "letter_lens" / DEMO / "fingerprint.json").read_text())
+    (tmp_path / "letter_lens" / DEMO / "fingerprint.json").write_text(json.dumps({**seed, "seed": 1}))
+    with pytest.raises(InputError, match=r"another configuration \(seed: 1 -> 0\)"):  # stale records: never drawn
+        make.run_missing(tmp_path, make.EXPERIMENTS, (DEMO,), lambda name, seed: avmech.load(name))
+
+
+def test_the_demo_runs_both_families_of_the_study():
+    from avmech.models import embedded
+
+    families = {name: family.name for name, family in embedded().items()}
+    assert [families[m] for m in make.DEMO] == ["qwen2.5-omni", "video-salmonn2+"]
+
+
+def test_layout_file_is_the_prepared_token_map(tmp_path, omni):
+    import dataclasses
+
+    from avmech.experiment import load_experiment, load_samples
+
+    path = make.write_layout(tmp_path, make.EXPERIMENTS, DEMO, lambda name, seed: omni)
+    layout = json.loads(path.read_text())
+    assert path == tmp_path / "layout" / DEMO / "layout.json" and layout["model"] == DEMO
+    assert [(s["dataset"], s["layout"]) for s in layout["samples"]] == [
+        ("av-speakerbench", "dataset"), ("av-odyssey", "study"), ("av-odyssey", "dataset")]
+    for sample in layout["samples"]:
+        name = make.LAYOUT_FROM[sample["dataset"] == "av-odyssey"]
+        exp = load_experiment(make.EXPERIMENTS / f"{name}.toml")
+        s = dataclasses.replace(load_samples(exp.data, exp.seed)[0], layout=sample["layout"])
+        tokens = omni.prepare(s).tokens
+        assert sample["positions"]["role"] == tokens.roles
+        assert sample["positions"]["chunk"] == tokens.chunk.tolist()
+        assert [np.nan if t is None else t for t in sample["positions"]["time"]] == pytest.approx(
+            tokens.time.tolist(), nan_ok=True)
+    assert {"reference", "candidate"} <= set(layout["samples"][1]["positions"]["item_role"])
+
+
+def test_cli_figures_runs_the_entry_point_without_avmech_importing_the_figures(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from avmech.cli import app
+
+    calls = []
+    monkeypatch.setattr(make, "make", lambda *args, **kw: calls.append((args, kw)) or tmp_path / "index.md")
+    result = CliRunner().invoke(app, ["figures", "--results", str(tmp_path), "--out", "o", "--model", "m"])
+    assert result.exit_code == 0, result.output
+    assert calls == [((tmp_path, Path("o"), ("m",)), {"only": ()})] and "index.md" in result.output
+    code = "import avmech.cli, sys; assert not any(m.startswith('paper_figures') for m in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
