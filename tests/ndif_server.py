@@ -1,6 +1,7 @@
-"""A loopback NDIF server for the tests: nnsight 0.8.1's client protocol, one process, no avmech.
+"""A loopback NDIF server for the tests: nnsight 0.8.1's client protocol, as NDIF answers it.
 
-It answers what nnsight's ``RemoteBackend`` (0.8.1) expects of an NDIF deployment:
+It answers what nnsight's ``RemoteBackend`` (0.8.1) expects of an NDIF deployment, with
+the behaviour of the ``ndif`` 0.1.2 server where a client can see it:
 
 - ``WS /subscribe``: sends ``{"session_id": ...}`` first; the status updates of that
   session's requests follow as `ResponseModel` JSON text frames, and COMPLETED as a
@@ -8,25 +9,29 @@ It answers what nnsight's ``RemoteBackend`` (0.8.1) expects of an NDIF deploymen
   (``torch.save``, zstd-compressed when the request was). A result past
   ``--inline-limit`` bytes is staged instead: ``data`` is the URL of ``GET /result/{id}``.
 - ``POST /request``: multipart, form field ``data`` = the `RequestModel` JSON, file
-  ``blob`` = the serialised request. The ``ndif-api-key`` header is checked (HTTP 401
-  with NDIF's own message); a model key this server does not serve gets an ERROR
-  status; otherwise the answer is RECEIVED and the request is queued.
-- ``GET /response/{id}`` (the latest status, for non-blocking clients) and
-  ``GET /result/{id}`` (a staged result).
+  ``blob`` = the serialised request. The ``ndif-api-key`` header is checked as NDIF does:
+  none -> HTTP 401 "Missing or invalid API key ...", not a UUID -> HTTP 400 "Invalid API
+  key format: ...", another key -> HTTP 403 "Invalid API key.". The answer is RECEIVED and
+  the request is queued.
+- ``GET /response/{id}`` (the latest status) and ``GET /result/{id}`` (a staged result).
 
-Requests run one at a time on a worker thread, as NDIF's per-model processor runs them:
-`RequestModel.deserialize` against the served model's persistent objects, the request's
-environment applied (``_remoteable_set_env``: the attention kernel), the tracer executed
-under ``torch.no_grad``, and the saved values returned. An exception becomes an ERROR
-status carrying its traceback and message.
+Models are built from their keys, as NDIF's actors build them: ``Remotable.from_model_key(
+key, dispatch=True)`` (so this process imports avmech to *build* models, as a real server
+must). A key it does not serve yet is deployed on demand; one that cannot be built ends
+its request with NDIF's "Could not deploy this model. <reason>".
 
-The process keeps only the standard library and site-packages on ``sys.path`` and makes
-``avmech`` unimportable, so a request must carry every piece of avmech code it runs.
-The model is built from its checkpoint with transformers alone.
+Requests run one at a time on a worker thread, *sandboxed* as NDIF runs requests of keys
+without its ``trusted`` tag: the request is first resolved against the key's **meta
+model** (``Remotable.from_model_key(key)``, no weights: a model class without a meta
+build fails here, as NDIF's runner fails with "no meta model for ..."), then deserialised
+against the real model and executed, with the request's environment applied (the
+attention kernel). While a request is deserialised and runs, ``avmech`` is made
+unimportable, so the request must carry every piece of avmech code it runs (by value).
+An exception becomes an ERROR status carrying its traceback and message.
 
 Usage::
 
-    python tests/ndif_server.py --serve KEY=CHECKPOINT_DIR [--api-key KEY] [--inline-limit BYTES]
+    python tests/ndif_server.py --serve MODEL_KEY [--serve ...] [--api-key UUID] [--inline-limit BYTES]
 
 prints ``READY <port>`` once it listens on 127.0.0.1. For the tests, ``POST /_control``
 with ``{"fail_after": n}`` makes ``POST /request`` answer 503 after ``n`` more requests
@@ -35,59 +40,52 @@ with ``{"fail_after": n}`` makes ``POST /request`` answer 503 after ``n`` more r
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import contextlib
+import io
+import json
+import queue
+import socket
 import sys
+import threading
+import traceback
+import uuid
+from dataclasses import dataclass, field
 
-# Only what a server has: the standard library and installed packages, never avmech.
-sys.path[:] = [p for p in sys.path if p and ("site-packages" in p or p.startswith(sys.base_prefix))]
+import torch
+import uvicorn
+import zstandard
+from fastapi import FastAPI, File, Form, Header, HTTPException, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi.responses import Response
+from nnsight.modeling.mixins.remotable import Remotable
+from nnsight.schema.request import RequestModel
+from nnsight.schema.response import ResponseModel, Status
+from nnsight.tracing.tracer import _saves, dec, inc
+
+MISSING_KEY = "Missing or invalid API key. Please visit https://login.ndif.us/ to create a new one."
 
 
 class _Blocker:
+    """A meta-path finder that makes avmech unimportable while a request runs."""
+
     def find_spec(self, name, path=None, target=None):
         if name == "avmech" or name.startswith("avmech."):
-            raise ModuleNotFoundError(f"No module named {name!r} (this server does not have avmech)", name=name)
+            raise ModuleNotFoundError(f"No module named {name!r} (requests must bring avmech by value)", name=name)
         return None
 
 
-sys.meta_path.insert(0, _Blocker())
-
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
-import queue  # noqa: E402
-import socket  # noqa: E402
-import threading  # noqa: E402
-import traceback  # noqa: E402
-import uuid  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-
-import torch  # noqa: E402
-import transformers  # noqa: E402
-import uvicorn  # noqa: E402
-import zstandard  # noqa: E402
-from fastapi import FastAPI, File, Form, Header, HTTPException, UploadFile, WebSocket, WebSocketDisconnect  # noqa: E402
-from fastapi.responses import Response  # noqa: E402
-from nnsight.modeling.mixins.remotable import Remotable  # noqa: E402
-from nnsight.schema.request import RequestModel  # noqa: E402
-from nnsight.schema.response import ResponseModel, Status  # noqa: E402
-from nnsight.tracing.tracer import _saves, dec, inc  # noqa: E402
-
-BAD_KEY = "Missing or invalid API key. Please visit https://login.ndif.us/ to create a new one."
-
-
-class Served(Remotable):
-    """A served model: nnsight's envoy over a checkpoint built by transformers."""
-
-    def _remoteable_set_env(self, env: dict | None) -> None:
-        wanted = (env or {}).get("attn_implementation")
-        if wanted and wanted != self._module.config._attn_implementation:
-            self._module.set_attn_implementation(wanted)
-
-
-def load(path: str) -> Served:
-    config = json.loads(open(f"{path}/config.json").read())
-    cls = getattr(transformers, config["architectures"][0])
-    return Served(cls.from_pretrained(path, attn_implementation="sdpa").eval())
+@contextlib.contextmanager
+def without_avmech():
+    """avmech hidden from imports (its modules out of ``sys.modules``) for the duration."""
+    hidden = {n: sys.modules.pop(n) for n in [n for n in sys.modules if n == "avmech" or n.startswith("avmech.")]}
+    blocker = _Blocker()
+    sys.meta_path.insert(0, blocker)
+    try:
+        yield
+    finally:
+        sys.meta_path.remove(blocker)
+        sys.modules.update(hidden)
 
 
 @dataclass
@@ -99,11 +97,12 @@ class Job:
 
 @dataclass
 class State:
-    models: dict[str, Served]
+    models: dict[str, Remotable]
     api_key: str
     inline_limit: int
     base_url: str = ""
     loop: asyncio.AbstractEventLoop | None = None
+    meta: dict[str, Remotable] = field(default_factory=dict)
     sessions: dict[str, WebSocket] = field(default_factory=dict)
     responses: dict[str, ResponseModel] = field(default_factory=dict)
     results: dict[str, bytes] = field(default_factory=dict)
@@ -111,19 +110,53 @@ class State:
     fail_after: int | None = None
 
 
-def execute(model: Served, job: Job) -> bytes:
-    """Run one request on ``model``; its saved values, serialised as a result travels."""
-    tracer = RequestModel.deserialize(job.blob, model._remoteable_persistent_objects(), compress=job.request.compress)
-    model._remoteable_set_env(job.request.env)
-    inc()
-    try:
-        with torch.no_grad():
-            tracer.execute(tracer.info.code)
-        saves = {k: v for k, v in tracer.info.frame.f_locals.items() if id(v) in _saves()}
-    finally:
-        dec()
-    buffer = io.BytesIO()
-    torch.save(saves, buffer, pickle_protocol=4)
+class DeploymentError(RuntimeError):
+    """A model key the server could not build."""
+
+
+def deploy(state: State, key: str) -> Remotable:
+    """The served model of ``key``, built on first use as NDIF deploys it."""
+    if key not in state.models:
+        try:
+            state.models[key] = Remotable.from_model_key(key, dispatch=True)
+        except Exception as e:
+            raise DeploymentError(f"Could not deploy this model. {type(e).__name__}: {e}") from e
+    return state.models[key]
+
+
+def meta_model(state: State, key: str) -> Remotable:
+    """The key's meta model, as NDIF's sandbox runner builds it (no weights)."""
+    if key not in state.meta:
+        try:
+            state.meta[key] = Remotable.from_model_key(key)
+        except Exception as e:
+            raise RuntimeError(f"runner: no meta model for {key!r} ({e!r}); module and tokenizer ids will "
+                               "resolve to None, so the request cannot run sandboxed") from e
+    if getattr(state.meta[key], "dispatched", False):
+        raise RuntimeError(f"runner: the meta model of {key!r} holds weights: its class ignores dispatch=False")
+    return state.meta[key]
+
+
+def execute(state: State, job: Job) -> bytes:
+    """Run one request sandboxed: resolved against the meta model, then run on the real one."""
+    key = job.request.model_key
+    model = deploy(state, key)
+    skeleton = meta_model(state, key)
+    with without_avmech():
+        # every Module:<path> the request names must exist in the meta tree (the runner's map)
+        RequestModel.deserialize(job.blob, skeleton._remoteable_persistent_objects(), compress=job.request.compress)
+        tracer = RequestModel.deserialize(job.blob, model._remoteable_persistent_objects(),
+                                          compress=job.request.compress)
+        model._remoteable_set_env(job.request.env)
+        inc()
+        try:
+            with torch.no_grad():
+                tracer.execute(tracer.info.code)
+            saves = {k: v for k, v in tracer.info.frame.f_locals.items() if id(v) in _saves()}
+        finally:
+            dec()
+        buffer = io.BytesIO()
+        torch.save(saves, buffer, pickle_protocol=4)
     data = buffer.getvalue()
     return zstandard.ZstdCompressor(level=6).compress(data) if job.request.compress else data
 
@@ -147,7 +180,10 @@ def worker(state: State) -> None:
         job = state.jobs.get()
         publish(state, job, ResponseModel(id=job.id, status=Status.RUNNING, description="Your job has started running."))
         try:
-            data = execute(state.models[job.request.model_key], job)
+            data = execute(state, job)
+        except DeploymentError as e:
+            publish(state, job, ResponseModel(id=job.id, status=Status.ERROR, description=str(e)))
+            continue
         except Exception as e:
             description = f"{traceback.format_exc()}\n{type(e).__name__}: {e}"
             publish(state, job, ResponseModel(id=job.id, status=Status.ERROR, description=description))
@@ -157,6 +193,22 @@ def worker(state: State) -> None:
             data = f"{state.base_url}/result/{job.id}"
         publish(state, job, ResponseModel(id=job.id, status=Status.COMPLETED, description="Your job has been completed.",
                                           data=data))
+
+
+def check_key(state: State, api_key: str) -> None:
+    """NDIF's answers to a missing, malformed or unknown API key."""
+    if not state.api_key:
+        return
+    if not api_key:
+        raise HTTPException(status_code=401, detail=MISSING_KEY)
+    try:
+        uuid.UUID(api_key)
+    except ValueError:
+        raise HTTPException(status_code=400, detail=(
+            f"Invalid API key format: '{api_key}'. API keys must be in the format: "
+            "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx. You can obtain a valid API key from https://login.ndif.us")) from None
+    if api_key != state.api_key:
+        raise HTTPException(status_code=403, detail="Invalid API key.")
 
 
 def app_for(state: State) -> FastAPI:
@@ -180,18 +232,12 @@ def app_for(state: State) -> FastAPI:
     @app.post("/request")
     async def request(data: str = Form(...), blob: UploadFile = File(...),
                       api_key: str = Header("", alias="ndif-api-key")) -> dict:
-        if state.api_key and api_key != state.api_key:
-            raise HTTPException(status_code=401, detail=BAD_KEY)
+        check_key(state, api_key)
         if state.fail_after is not None:
             if state.fail_after <= 0:
                 raise HTTPException(status_code=503, detail="Service temporarily unavailable: the server is going down.")
             state.fail_after -= 1
         job = Job(uuid.uuid4().hex, RequestModel.model_validate_json(data), await blob.read())
-        if job.request.model_key not in state.models:
-            served = ", ".join(state.models)
-            return ResponseModel(id=job.id, status=Status.ERROR, description=(
-                f"Model {job.request.model_key} is not served by this NDIF server (it serves: {served})."
-            )).model_dump(mode="json")
         received = ResponseModel(id=job.id, status=Status.RECEIVED,
                                  description="Your job has been received and is waiting to be queued.")
         state.responses[job.id] = received
@@ -220,17 +266,19 @@ def app_for(state: State) -> FastAPI:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--serve", action="append", required=True, help="MODEL_KEY=CHECKPOINT_DIR; repeat")
-    parser.add_argument("--api-key", default="", help="the one key accepted (none: any)")
+    parser.add_argument("--serve", action="append", default=[], help="a model key deployed at start; repeat")
+    parser.add_argument("--api-key", default="", help="the one key accepted, a UUID (none: any)")
     parser.add_argument("--inline-limit", type=int, default=1 << 20, help="results larger than this are staged")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    models = {key: load(path) for key, path in (s.split("=", 1) for s in args.serve)}
+    state = State({}, args.api_key, args.inline_limit)
+    for key in args.serve:
+        deploy(state, key)
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
     port = sock.getsockname()[1]
-    state = State(models, args.api_key, args.inline_limit, base_url=f"http://127.0.0.1:{port}")
+    state.base_url = f"http://127.0.0.1:{port}"
     threading.Thread(target=worker, args=(state,), daemon=True).start()
     server = uvicorn.Server(uvicorn.Config(app_for(state), log_level="warning", ws_ping_interval=None))
     print(f"READY {port}", flush=True)

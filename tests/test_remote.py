@@ -47,7 +47,7 @@ from avmech.experiment import load_experiment
 from avmech.flows import FLOWS
 
 ROOT = Path(__file__).resolve().parents[1]
-KEY = "test-key"
+KEY = "1f0e4c2a-5b6d-4e8f-9a0b-1c2d3e4f5a6b"  # NDIF keys are UUIDs
 SIM = SimulatedBackend()
 
 # Primitives defined here travel by value, as a user's own would (the server has no tests/).
@@ -62,12 +62,11 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def _server_process(omni, tmp_path_factory):
-    """The loopback server, started early (it loads torch and the model in ~5 s)."""
-    path = avmech.models.registry.embedded_path("tiny-omni", 0)
+    """The loopback server, started early (it loads torch and builds the model from its key in ~5 s)."""
     log = tmp_path_factory.mktemp("ndif-server") / "stderr.log"
     with open(log, "w") as err:
         proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "tests" / "ndif_server.py"), "--serve", f"{model_key(omni)}={path}",
+            [sys.executable, str(ROOT / "tests" / "ndif_server.py"), "--serve", model_key(omni),
              "--api-key", KEY, "--inline-limit", str(4 << 20)],
             stdout=subprocess.PIPE, stderr=err, text=True,
         )
@@ -295,13 +294,49 @@ def test_host_key_and_model_key_resolution(omni, monkeypatch, tmp_path):
 
 
 def test_a_server_builds_the_model_from_its_key(omni_eager):
-    """What a self-hosted server deploying the key does: the same module paths (the ids a
-    request refers to), then the client's attention kernel switched on."""
-    served = AVRemoteModel.from_model_key(model_key(omni_eager))
-    assert served._module.config._attn_implementation == "sdpa" and served._module is not omni_eager.hf
+    """What a server deploying the key does (``dispatch=True``): the same module paths (the ids
+    a request refers to), then the client's attention kernel switched on."""
+    served = AVRemoteModel.from_model_key(model_key(omni_eager), dispatch=True)
+    assert served.dispatched and served._module.config._attn_implementation == "sdpa"
+    assert served._module is not omni_eager.hf
     assert served._remoteable_persistent_objects().keys() == omni_eager.nn._remoteable_persistent_objects().keys()
     served._remoteable_set_env(omni_eager.nn._remoteable_get_env())
     assert served._module.config._attn_implementation == "eager"
+
+
+@pytest.mark.parametrize("family", ["omni", "salmonn", "qwen3_omni"])
+def test_a_server_sizes_a_model_without_its_weights_and_loads_them_when_it_runs(family, request, samples, tmp_path):
+    """NDIF builds a key without ``dispatch`` to size a model and to map a sandboxed request's
+    modules: the architecture alone, on the meta device, from the config files (here a copy of
+    the checkpoint with its weight files taken away). Running it dispatches: the weights load
+    and the numbers are the local model's."""
+    import shutil
+
+    from nnsight.modeling.mixins.remotable import Remotable
+
+    m = request.getfixturevalue(family)
+    weights = avmech.models.registry.embedded_path(m.name, 0)
+    bare = tmp_path / "bare"
+    shutil.copytree(weights, bare, ignore=shutil.ignore_patterns("*.safetensors"))
+    key = model_key(m, repo_id=str(bare))
+    skeleton = Remotable.from_model_key(key)
+    assert not skeleton.dispatched and {p.device.type for p in skeleton._module.parameters()} == {"meta"}
+    assert skeleton._remoteable_persistent_objects().keys() == m.nn._remoteable_persistent_objects().keys()
+    size = sum(t.numel() for t in [*m.hf.parameters(), *m.hf.buffers()])
+    assert Remotable.estimate_bytes(key, "float32") == 4 * size
+    with pytest.raises(Exception, match="safetensors|weight"):
+        skeleton.dispatch()  # no weights there: dispatching is what reads them
+    full = Remotable.from_model_key(model_key(m, repo_id=str(weights)))
+    assert not full.dispatched
+    p = m.prepare(samples[0])
+    enc = m.encode(p)
+    with torch.no_grad(), full.trace(inputs_embeds=enc.inputs_embeds, position_ids=enc.position_ids,
+                                     attention_mask=p.inputs["attention_mask"], **enc.extra):
+        logits = full.lm_head.output[0, -1].save()
+    with torch.no_grad():
+        reference = m.hf(inputs_embeds=enc.inputs_embeds, position_ids=enc.position_ids,
+                         attention_mask=p.inputs["attention_mask"], **enc.extra).logits[0, -1]
+    assert full.dispatched and torch.equal(logits, reference)
 
 
 # ---- (b) a loopback NDIF server --------------------------------------------------------------
@@ -371,23 +406,35 @@ def test_cli_on_the_server_equals_local_and_resumes(server, monkeypatch, tmp_pat
     assert json.loads((log.parent / "config.json").read_text())["backend"] == "ndif"
 
 
-def test_a_wrong_api_key_is_rejected(omni, server, samples, tmp_path, monkeypatch):
+@pytest.mark.parametrize("key, answer", [
+    ("", r"HTTP 401: Missing or invalid API key"),
+    ("not-a-uuid", r"HTTP 400: Invalid API key format: 'not-a-uuid'"),
+    ("00000000-0000-0000-0000-000000000000", r"HTTP 403: Invalid API key\."),
+])
+def test_api_keys_refused_as_ndif_refuses_them(omni, server, samples, tmp_path, monkeypatch, key, answer):
+    """Missing, malformed and unknown keys: one line naming the cause and where keys are set."""
     p = omni.prepare(samples[0])
-    with pytest.raises(RemoteError, match=r"rejected the API key \(HTTP 401: Missing or invalid API key.*NDIF_API_KEY"):
-        omni.run(p, backend=NDIFBackend(host=server, api_key="not-the-key"))
+    monkeypatch.delenv("NDIF_API_KEY", raising=False)
+    monkeypatch.setattr(nnsight.CONFIG.API, "APIKEY", None, raising=False)
+    with pytest.raises(RemoteError, match=rf"rejected the API key \({answer}.*NDIF_API_KEY"):
+        omni.run(p, backend=NDIFBackend(host=server, api_key=key or None))
     monkeypatch.setenv("NDIF_HOST", server)
-    monkeypatch.setenv("NDIF_API_KEY", "not-the-key")
+    monkeypatch.setenv("NDIF_API_KEY", key)
     result = CliRunner().invoke(app, ["run", str(ROOT / "experiments" / "letter_lens.toml"), "--backend", "ndif",
                                       "--limit", "1", "--results", str(tmp_path)])
     assert result.exit_code == 3 and f"error: the NDIF server at {server} rejected the API key" in result.output
+    assert [line[:6] for line in result.output.splitlines() if "rejected the API key" in line] == ["error:"]
 
 
-def test_a_model_the_server_does_not_serve(omni, ndif, samples):
+def test_a_model_the_server_cannot_deploy(omni, ndif, samples):
+    """A real server tries to deploy an unserved key on demand and answers "Could not deploy
+    this model. <why>": one line naming the key, the reason and the fix."""
     p = omni.prepare(samples[0])
     other = NDIFBackend(host=ndif.host, api_key=KEY, model="Qwen/Qwen2.5-Omni-7B")
-    with pytest.raises(RemoteError, match=r'did not accept the request for model key .*"Qwen/Qwen2.5-Omni-7B".*is not '
-                                          r"served by this NDIF server.*\[ndif\] model"):
+    with pytest.raises(RemoteError, match=r'does not serve model key .*"Qwen/Qwen2.5-Omni-7B".*could not deploy it '
+                                          r"\(.*neither a local directory nor downloadable.*\[ndif\] model") as err:
         omni.run(p, backend=other)
+    assert "\n" not in str(err.value) and "Could not deploy this model" in err.value.detail
 
 
 def test_an_unreachable_server(omni, server, samples):

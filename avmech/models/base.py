@@ -93,8 +93,8 @@ class AVModel:
         self.name = name
         self.media_policy = dict(media_policy or {})
         self.paths = self._probe_paths()
-        rename = {path: alias for alias, path in self.paths.items() if path != alias}
-        self.nn = AVEnvoy(self.hf, rename=rename)  # an nnsight envoy that can also run on an NDIF server
+        self.aliases = {path: alias for alias, path in self.paths.items() if path != alias}
+        self.nn = AVEnvoy(self.hf, rename=self.aliases)  # an nnsight envoy that can also run on an NDIF server
         self.nn.repo_id = name
         attention = self.decoder.attention(self.llm_module.layers[0])
         # A client of a server that holds the decoder keeps one layer here (for shapes) and
@@ -106,7 +106,8 @@ class AVModel:
         self.n_kv_heads = attention.config.num_key_value_heads
         self.head_dim = attention.head_dim
         self.d_vocab = self.lm_head_module.out_features
-        self.check_sites()
+        if not self.on_meta:  # a structure-only build has no values to probe
+            self.check_sites()
 
     # ---- standard names ------------------------------------------------------------
     def _probe_paths(self) -> dict[str, str]:
@@ -168,6 +169,16 @@ class AVModel:
     @property
     def device(self) -> torch.device:
         return self.llm_module.embed_tokens.weight.device
+
+    @property
+    def on_meta(self) -> bool:
+        """Whether this is a structure-only build (``avmech.load(..., device="meta")``): no weights."""
+        return self.device.type == "meta"
+
+    def _require_weights(self, what: str) -> None:
+        if self.on_meta:
+            raise ModelError(f"{self.name} was built on the meta device (structure only, no weights): it cannot "
+                             f"{what}; load it without device='meta'")
 
     @property
     def dtype(self) -> torch.dtype:
@@ -255,6 +266,7 @@ class AVModel:
 
     def encode(self, p: Prepared) -> Encoded:
         """Run the encoders once for ``p`` (cached on it): token embeddings with media features."""
+        self._require_weights("encode media")
         if "encoded" not in p._cache:
             with torch.no_grad():
                 p._cache["encoded"] = self.encode_media(p)

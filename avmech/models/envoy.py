@@ -3,14 +3,16 @@
 Locally it is an ordinary nnsight envoy over the loaded module, with the standard names
 bound as aliases (``llm``, ``ln_final``, ``lm_head``, ...). It also knows how an NDIF
 server names and builds the same model: the key class (`avmech.models.serving`, which
-loads the model exactly as `avmech.load` does, so module paths match on both sides) and
-the attention kernel the client checked its primitives against, which the server
-switches its shared model to before running a request.
+builds the model exactly as `avmech.load` does, so module paths match on both sides,
+first without weights, then dispatching them) and the attention kernel the client
+checked its primitives against, which the server switches its shared model to before
+running a request.
 """
 
 from __future__ import annotations
 
 import json
+import warnings
 
 from nnsight.modeling.mixins.remotable import Remotable
 
@@ -21,10 +23,19 @@ KEY_CLASS = "avmech.models.serving.AVRemoteModel"
 
 
 class AVEnvoy(Remotable):
-    """An nnsight envoy with a remote identity: ``repo_id`` names the model on a server."""
+    """An nnsight envoy with a remote identity: ``repo_id`` names the model on a server.
+
+    Built over a loaded module it is ready to run; built over a structure-only (meta)
+    module by a server (`avmech.models.serving`), it loads the real weights, through
+    nnsight's ``Meta.dispatch`` (`Remotable` is a ``Meta``), the first time it runs."""
 
     repo_id: str = ""
     key_class: str = KEY_CLASS
+
+    def __init__(self, *args, **kwargs):
+        with warnings.catch_warnings():  # e.g. a BERT-style `.output` submodule, served as `.E_output` by nnsight
+            warnings.filterwarnings("ignore", message=".*has a submodule named 'output'", category=UserWarning)
+            super().__init__(*args, **kwargs)
 
     @staticmethod
     def key_suffix(repo_id: str) -> str:

@@ -38,6 +38,7 @@ from avmech.errors import InputError, ModelError
 from avmech.models.base import AVModel, Family, load_processor
 from avmech.models.decoders import QwenDecoder
 from avmech.models.omni_tiny import OMNI_SIZES, save_omni
+from avmech.models.thinker import load_thinker
 from avmech.prepared import Encoded, Prepared
 from avmech.prompt import (
     Built, Part, PromptBuilder, Slot, chat_parts, check_text, conversation, item_slots, render, user_parts,
@@ -325,43 +326,14 @@ class OmniModel(AVModel):
 
 
 def load_omni(path: str | Path, name: str, media_policy: dict[str, Any] | None = None, decoder: str = "local",
-              **kwargs) -> OmniModel:
-    """The thinker of a Qwen2.5-Omni checkpoint, whichever way it was saved.
+              meta: bool = False, **kwargs) -> OmniModel:
+    """The thinker of a Qwen2.5-Omni checkpoint, whichever way it was saved (`load_thinker`): a
+    released one (model type ``qwen2_5_omni``, with the talker's weights and a speaker
+    dictionary, neither read) or a thinker-only one; ``meta=True`` builds it without weights."""
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-    A released checkpoint (model type ``qwen2_5_omni``: the thinker's weights under
-    ``thinker.*``, beside the talker's and the vocoder's, and a speaker dictionary) and a
-    thinker-only one (the same config and ``thinker.*`` weights, nothing else, or model
-    type ``qwen2_5_omni_thinker``) all load the thinker alone: its weights are read, the
-    talker is never built, and no speaker dictionary is needed. Every thinker weight must
-    be in the checkpoint; ``decoder="server"`` builds one decoder layer (see `avmech.load`)."""
-    from transformers import AutoConfig, Qwen2_5OmniThinkerForConditionalGeneration
-    from transformers.utils import logging as hf_logging
-
-    config = AutoConfig.from_pretrained(str(path))
-    released = config.model_type == "qwen2_5_omni"
-    if released:
-        config = config.thinker_config
-    served = None
-    if decoder == "server":
-        served = config.text_config.num_hidden_layers
-        config.text_config.num_hidden_layers = 1
-        if getattr(config.text_config, "layer_types", None):
-            config.text_config.layer_types = config.text_config.layer_types[:1]
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the talker's keys (and the server's layers) are unexpected by design
-    try:
-        hf, info = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-            str(path), config=config, key_mapping={r"^thinker\.": ""} if released else None,
-            output_loading_info=True, **kwargs)
-    finally:
-        hf_logging.set_verbosity(previous)
-    tied = {"lm_head.weight"} if config.get_text_config().tie_word_embeddings else set()
-    missing = sorted(set(info["missing_keys"]) - tied)
-    if missing:
-        raise ModelError(
-            f"{path} lacks {len(missing)} thinker weight(s), e.g. {missing[:3]}: is the checkpoint complete "
-            "(every safetensors shard downloaded)?"
-        )
+    hf, served = load_thinker(Qwen2_5OmniThinkerForConditionalGeneration, path, released="qwen2_5_omni",
+                              decoder=decoder, meta=meta, **kwargs)
     return OmniModel(hf, load_processor(path), name=name, media_policy=media_policy, served_layers=served)
 
 

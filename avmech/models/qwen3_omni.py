@@ -69,6 +69,7 @@ from avmech.models.base import Family, load_processor
 from avmech.models.decoders import Qwen3OmniDecoder
 from avmech.models.omni import OmniModel
 from avmech.models.qwen3_omni_tiny import QWEN3_OMNI_SIZES, save_qwen3_omni
+from avmech.models.thinker import load_thinker
 from avmech.prepared import Encoded, Prepared
 from avmech.prompt import Built, Part, PromptBuilder, Slot, Text, chat_parts, user_parts
 from avmech.sample import AVSample
@@ -202,40 +203,14 @@ class Qwen3OmniModel(OmniModel):
 
 
 def load_qwen3_omni(path: str | Path, name: str, media_policy: dict[str, Any] | None = None, decoder: str = "local",
-                    **kwargs) -> Qwen3OmniModel:
-    """The thinker of a Qwen3-Omni checkpoint, whichever way it was saved.
+                    meta: bool = False, **kwargs) -> Qwen3OmniModel:
+    """The thinker of a Qwen3-Omni checkpoint, whichever way it was saved (`load_thinker`): a
+    released one (model type ``qwen3_omni_moe``, with the talker's and code2wav's weights,
+    never read) or a thinker-only one; ``meta=True`` builds it without weights."""
+    from transformers import Qwen3OmniMoeThinkerForConditionalGeneration
 
-    A released checkpoint (model type ``qwen3_omni_moe``: the thinker's weights under
-    ``thinker.*``, beside the talker's and code2wav's) and a thinker-only one (model type
-    ``qwen3_omni_moe_thinker``) both load the thinker alone; the talker is never built.
-    Every thinker weight must be in the checkpoint; ``decoder="server"`` builds one
-    decoder layer (see `avmech.load`)."""
-    from transformers import AutoConfig, Qwen3OmniMoeThinkerForConditionalGeneration
-    from transformers.utils import logging as hf_logging
-
-    config = AutoConfig.from_pretrained(str(path))
-    released = config.model_type == "qwen3_omni_moe"
-    if released:
-        config = config.thinker_config
-    served = None
-    if decoder == "server":
-        served = config.text_config.num_hidden_layers
-        config.text_config.num_hidden_layers = 1
-    previous = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the talker's keys (and the server's layers) are unexpected by design
-    try:
-        hf, info = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(
-            str(path), config=config, key_mapping={r"^thinker\.": ""} if released else None,
-            output_loading_info=True, **kwargs)
-    finally:
-        hf_logging.set_verbosity(previous)
-    tied = {"lm_head.weight"} if config.get_text_config().tie_word_embeddings else set()
-    missing = sorted(set(info["missing_keys"]) - tied)
-    if missing:
-        raise ModelError(
-            f"{path} lacks {len(missing)} thinker weight(s), e.g. {missing[:3]}: is the checkpoint complete "
-            "(every safetensors shard downloaded)?"
-        )
+    hf, served = load_thinker(Qwen3OmniMoeThinkerForConditionalGeneration, path, released="qwen3_omni_moe",
+                              decoder=decoder, meta=meta, **kwargs)
     return Qwen3OmniModel(hf, load_processor(path), name=name, media_policy=media_policy, served_layers=served)
 
 

@@ -75,6 +75,7 @@ def load(
     attn_implementation: str = "sdpa",
     dtype: torch.dtype | str | None = None,
     decoder: str = "local",
+    device: str | None = None,
     **kwargs: Any,
 ) -> AVModel:
     """Load an audio-visual model by embedded name, hub id or checkpoint directory.
@@ -84,10 +85,15 @@ def load(
     ``decoder="server"`` loads what runs here when the LLM runs on an NDIF server (the
     processor, the encoders, the embeddings and one decoder layer for shapes; the other
     layers are never read), so a 7B client needs a fraction of its memory; such a model
-    runs with ``backend="ndif"`` only. Other keyword arguments (``device_map`` ...) go to
-    ``from_pretrained``; a family's own options (video-SALMONN 2+'s ``position_mode="official" |
+    runs with ``backend="ndif"`` only. ``device`` places the model (``"cuda:1"``);
+    ``device="meta"`` builds the architecture alone from the config files, opening no
+    weight file (what a server sizes a model by; such a model cannot run). Other keyword
+    arguments (``device_map`` ...) go to ``from_pretrained``; a family's own options (video-SALMONN 2+'s ``position_mode="official" |
     "aligned"``, see `avmech.models.salmonn`) go to its loader.
     """
+    meta = device == "meta"
+    if device is not None and not meta:
+        kwargs["device_map"] = device
     if decoder not in ("local", "server"):
         raise ModelError(f"decoder={decoder!r}: use 'local' or 'server' (the LLM runs on an NDIF server)")
     path = embedded_path(name, seed) if name in embedded() else _resolve(name)
@@ -111,5 +117,5 @@ def load(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    return family.load(path, name=name, media_policy=policy, decoder=decoder,
+    return family.load(path, name=name, media_policy=policy, decoder=decoder, meta=meta,
                        attn_implementation=attn_implementation, dtype=dtype, **kwargs)

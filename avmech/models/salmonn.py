@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -93,9 +92,7 @@ class SalmonnModel(AVModel):
                  served_layers: int | None = None):
         self.policy = MediaPolicy.from_dict(media_policy)
         self.position_mode = check_position_mode(position_mode)
-        with warnings.catch_warnings():  # the Q-Former's `.output` submodules are `.E_output` under nnsight
-            warnings.filterwarnings("ignore", message=".*has a submodule named 'output'", category=UserWarning)
-            super().__init__(hf, processor, name=name, media_policy=media_policy, served_layers=served_layers)
+        super().__init__(hf, processor, name=name, media_policy=media_policy, served_layers=served_layers)
         cfg = hf.config
         self.token_ids = dict(
             video=cfg.vl_config.video_token_id, image=cfg.vl_config.image_token_id, audio=cfg.audio_token_id,
@@ -275,18 +272,20 @@ def load_salmonn(
     device_map: str | torch.device | None = None,
     position_mode: str = "official",
     decoder: str = "local",
+    meta: bool = False,
 ) -> SalmonnModel:
     """Load a checkpoint in the released layout as a `SalmonnModel`.
 
     ``device_map`` is one device ("cuda", "cuda:1", "cpu") or "auto" (the first GPU if
     any); ``position_mode`` is "official" or "aligned" (see the module docstring);
-    ``decoder="server"`` reads only the encoders, embeddings and one decoder layer.
+    ``decoder="server"`` reads only the encoders, embeddings and one decoder layer;
+    ``meta=True`` builds the architecture without weights.
     """
     if device_map == "auto":
         device_map = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device_map or "cpu")
     hf, served = read_released(Path(path), attn_implementation=attn_implementation, dtype=dtype, device=device,
-                               keep_layers=1 if decoder == "server" else None)
+                               keep_layers=1 if decoder == "server" else None, meta=meta)
     return SalmonnModel(hf, SalmonnProcessor.from_pretrained(path), name=name, media_policy=media_policy,
                         position_mode=position_mode, served_layers=served if decoder == "server" else None)
 

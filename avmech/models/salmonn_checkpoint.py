@@ -203,11 +203,13 @@ def _names(keys, limit: int = 8) -> str:
 
 def read_released(
     path: Path, *, attn_implementation: str = "sdpa", dtype: torch.dtype | str | None = "auto",
-    device: torch.device = torch.device("cpu"), keep_layers: int | None = None,
+    device: torch.device = torch.device("cpu"), keep_layers: int | None = None, meta: bool = False,
 ) -> tuple[VideoSalmonn2Plus, int]:
     """Build `VideoSalmonn2Plus` from a released checkpoint directory, every weight accounted for,
     and return it with the checkpoint's decoder depth. ``keep_layers`` builds and reads only the
-    first decoder layers (a client whose decoder runs on a server); the others are not read."""
+    first decoder layers (a client whose decoder runs on a server); the others are not read.
+    ``meta=True`` builds the architecture alone on the meta device from ``config.json``,
+    opening no weight file."""
     config = config_from_released(json.loads((path / "config.json").read_text()))
     config._attn_implementation = attn_implementation
     text = config.vl_config.get_text_config()
@@ -220,6 +222,9 @@ def read_released(
     if dtype in (None, "auto"):
         dtype = config.vl_config.dtype or torch.float32
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    if meta:
+        with _default_dtype(dtype), torch.device("meta"):
+            return VideoSalmonn2Plus(config).eval(), depth
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise ModelError(f"{path} has no *.safetensors weights: download the checkpoint's weight files there")
