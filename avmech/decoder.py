@@ -2,8 +2,9 @@
 
 The primitives, the region sweep engine, token drops, generation, the FLOP model and the
 attention readout reach inside a decoder: the attention module of a layer, where the
-heads' outputs are concatenated, the queries and keys after the rotary embedding, the
-rotary tables, how to call one layer on a slice of positions with a mask and a KV cache.
+heads' outputs are concatenated, the queries, keys and values as attention and its cache
+see them, the keywords a layer is called with (its hidden states, mask, rotary tables and
+positions), a fresh cache, the positions of a generated token.
 Families spell these differently (Qwen2.5's dense decoders; Qwen3-Omni's
 mixture-of-experts decoder with q/k norms and DeepStack visual features added to the
 residual stream after its first layers), so each family declares a `Decoder` in its
@@ -14,12 +15,10 @@ internals.
 A `Decoder` has two kinds of methods:
 
 - inside a trace, on nnsight envoys (``attention``, ``mlp``, ``heads_in``, ``qk``,
-  ``scaling``; the keyword names of a layer's call): these run wherever the trace runs,
-  an NDIF server included, so a Decoder holds plain values only and travels with a
-  request;
-- outside a trace, on the loaded modules (``rotary``, ``run_layer``, ``new_cache``,
-  ``next_positions``, ``mlp_flops``, ``after_layer``): the region engine, generation and
-  the FLOP model.
+  ``keys_values``, ``scaling``, ``after_layer``, ``new_cache``; the keyword names of a
+  layer's call): these run wherever the trace runs, an NDIF server included, so a Decoder
+  holds plain values only and travels with a request;
+- outside a trace (``next_positions``, ``mlp_flops``): generation and the FLOP model.
 
 `Model` is the narrow face of a loaded model that the engine is typed against, and
 `ModelFacts` its shape, which is all a primitive may read from ``ctx.m`` on a server.
@@ -67,16 +66,12 @@ class Decoder(Protocol):
     def scaling(self, layer: Any) -> float:
         """The factor on ``q . k`` before the softmax."""
 
-    def rotary(self, llm: nn.Module, embeds: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """The rotary tables every layer takes, for these positions."""
+    def keys_values(self, layer: Any, n_kv_heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inside a trace: the layer's keys (after the rotary embedding) and values
+        ``[b, kv_heads, pos, d_head]``, as its KV cache would hold them."""
 
-    def run_layer(self, llm: nn.Module, index: int, hidden: torch.Tensor, *, mask: torch.Tensor,
-                  rotary: tuple[torch.Tensor, ...], cache: dict[str, Any]) -> torch.Tensor:
-        """Layer ``index`` on ``hidden`` (a slice of positions) with an explicit 4-D ``mask``
-        and the keyword ``cache`` (e.g. ``{"cache": prefix}``) holding earlier keys/values."""
-
-    def new_cache(self, llm: nn.Module) -> Any:
-        """An empty KV cache for this decoder."""
+    def new_cache(self) -> Any:
+        """An empty KV cache for this decoder (made where the trace runs: on a server too)."""
 
     def next_positions(self, position_ids: torch.Tensor, step: int) -> torch.Tensor:
         """Position ids ``[axes, 1, 1]`` of the ``step``-th generated token after a prompt."""

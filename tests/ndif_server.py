@@ -35,7 +35,8 @@ Usage::
 
 prints ``READY <port>`` once it listens on 127.0.0.1. For the tests, ``POST /_control``
 with ``{"fail_after": n}`` makes ``POST /request`` answer 503 after ``n`` more requests
-(``null`` lifts it): a server that goes away in the middle of a sweep.
+(``null`` lifts it): a server that goes away in the middle of a sweep; ``GET /_stats``
+gives each finished request's execution time in seconds (for benchmarks).
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ import queue
 import socket
 import sys
 import threading
+import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
@@ -108,6 +110,7 @@ class State:
     results: dict[str, bytes] = field(default_factory=dict)
     jobs: queue.Queue = field(default_factory=queue.Queue)
     fail_after: int | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # each finished request's execution time
 
 
 class DeploymentError(RuntimeError):
@@ -179,8 +182,10 @@ def worker(state: State) -> None:
     while True:
         job = state.jobs.get()
         publish(state, job, ResponseModel(id=job.id, status=Status.RUNNING, description="Your job has started running."))
+        started = time.perf_counter()
         try:
             data = execute(state, job)
+            state.seconds[job.id] = time.perf_counter() - started
         except DeploymentError as e:
             publish(state, job, ResponseModel(id=job.id, status=Status.ERROR, description=str(e)))
             continue
@@ -255,6 +260,10 @@ def app_for(state: State) -> FastAPI:
         if job not in state.results:
             raise HTTPException(status_code=404, detail=f"no result for {job}")
         return Response(state.results.pop(job), media_type="application/octet-stream")
+
+    @app.get("/_stats")
+    async def stats() -> dict:
+        return {"seconds": state.seconds}
 
     @app.post("/_control")
     async def control(settings: dict) -> dict:

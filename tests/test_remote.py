@@ -499,10 +499,40 @@ def test_a_client_without_the_decoder_runs_on_the_server(omni, ndif, samples, sa
         thin.run_many(thin.prepare(samples[0]), [[AttentionKnockout("audio", "last", [1])]])
 
 
+def test_a_remote_sweep_computes_only_affected_regions_where_the_model_is(omni, samples):
+    """Server side, a sweep runs the affected-region engine: the decoder computes exactly the
+    layer-positions the local engine computes (a clean pass plus each region), far fewer than
+    one full forward per condition, and only the conditions' logits come back."""
+    from avmech.interventions.region import plan_regions
+    from avmech.interventions.run import plan_condition
+
+    p = omni.prepare(samples[0])
+    conds = [[AttentionKnockout(src, dst, range(c, min(c + 2, omni.n_layers)))]
+             for src, dst in (("audio", "question"), ("video", "last")) for c in range(omni.n_layers)]
+    computed = []
+    hooks = [omni.decoder.mlp(layer).register_forward_hook(lambda mod, args, out: computed.append(out.shape[:2].numel()))
+             for layer in omni.llm_module.layers]
+    try:
+        counts = {}
+        for backend in ("local", SIM):
+            computed.clear()
+            omni.run_many(p, conds, backend=backend)
+            counts[backend if isinstance(backend, str) else "server"] = sum(computed)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    n, depth = len(p), omni.n_layers
+    _, regions = plan_regions([plan_condition(omni, p, c, avmech.backends.LocalBackend()) for c in conds], n)
+    expected = n * depth + sum(r.cost(n, depth) for r in regions)  # the clean pass and the regions
+    assert counts["server"] == counts["local"] == expected
+    assert expected < 0.6 * n * depth * len(conds)  # against one full forward per condition
+
+
 @pytest.mark.parametrize("family", ["omni", "salmonn"])
 def test_a_remote_sweep_is_one_request(family, request, samples, monkeypatch):
-    """run_many sends every condition in one nnsight session: the sample's embeddings travel
-    once; the numbers equal one full local run per condition (strict simulation)."""
+    """run_many sends every condition in one nnsight session, the affected-region engine
+    included: the sample's embeddings travel once; the numbers are the local engine's exactly,
+    and one full run's per condition within float error (strict simulation)."""
     from avmech.backends import SimulatedBackend
     from avmech.remote.transport import Request as _Request
 
@@ -511,8 +541,10 @@ def test_a_remote_sweep_is_one_request(family, request, samples, monkeypatch):
     conds = [[AttentionKnockout("audio", "question", [c])] for c in range(m.n_layers)]
     conds.append([LogitLens(layers=[1]), Ablate("mlp_out.0", "question")])
     there = m.run_many(p, conds, backend=SimulatedBackend())
+    for here, r in zip(m.run_many(p, conds), there, strict=True):
+        _same(here, r)
     for cond, r in zip(conds, there, strict=True):
-        _same(m.run(p, cond), r)
+        torch.testing.assert_close(m.run(p, cond).logits, r.logits, atol=1e-5, rtol=0)
     sent = []
     serialize = _Request._serialize
     monkeypatch.setattr(_Request, "_serialize", lambda self, tracer: sent.append(1) or serialize(self, tracer))

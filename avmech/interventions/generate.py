@@ -47,7 +47,7 @@ def generate(
 ) -> Generation:
     bound, ctx = prepare_interventions(m, p, interventions)
     dec = m.decoder
-    cache = dec.new_cache(m.llm_module)
+    cache = dec.new_cache()
     prefill = run(m, p, bound, cache=cache)
     knockouts = [i for i in bound if isinstance(i, AttentionKnockout)]
     n = len(p)

@@ -37,7 +37,9 @@ from avmech.remote.portable import check_portable, portable_context
 STAGES = ("structure", "edit", "read")
 
 
-def _llm_inputs(m: Model, p: Prepared, cache: Cache | None = None) -> dict[str, Any]:
+def llm_inputs(m: Model, p: Prepared, cache: Cache | None = None) -> dict[str, Any]:
+    """The keywords of one run of the LLM on ``p``: its embeddings (encoders run once), explicit
+    positions, mask, the decoder's extra inputs, and a cache to fill if given."""
     enc = m.encode(p)
     inputs = {
         "inputs_embeds": enc.inputs_embeds,
@@ -64,7 +66,7 @@ def prepare_interventions(m: Model, p: Prepared, interventions: Sequence[Interve
 
 
 @dataclass(frozen=True, eq=False)
-class _Plan:
+class Plan:
     """One condition, checked and ready to trace: bound primitives, their context, invoke order."""
 
     bound: list[Intervention]
@@ -72,7 +74,9 @@ class _Plan:
     order: list[int]
 
 
-def _plan(m: Model, p: Prepared, interventions: Sequence[Intervention], where: Backend) -> _Plan:
+def plan_condition(m: Model, p: Prepared, interventions: Sequence[Intervention], where: Backend) -> Plan:
+    """Bind and check a condition for ``where``: a remote one is checked portable and gets
+    the portable context."""
     if m.decoder_on_server and not where.remote:
         raise ModelError(
             f"{m.name} was loaded with decoder='server' (its LLM layers are on the NDIF server): "
@@ -83,10 +87,10 @@ def _plan(m: Model, p: Prepared, interventions: Sequence[Intervention], where: B
     if where.remote:
         check_portable(bound)
         ctx = portable_context(ctx)
-    return _Plan(bound, ctx, sorted(range(len(bound)), key=lambda k: STAGES.index(bound[k].stage)))
+    return Plan(bound, ctx, sorted(range(len(bound)), key=lambda k: STAGES.index(bound[k].stage)))
 
 
-def _traced(model, inputs: dict[str, Any], plan: _Plan, backend=None) -> tuple[Any, dict[int, Any]]:
+def traced(model, inputs: dict[str, Any], plan: Plan, backend=None) -> tuple[Any, dict[int, Any]]:
     """One trace of the LLM: the input invoke reads the last position's logits, then one
     invoke per primitive. Inside a session, ``backend`` is None (the session's applies)."""
     with model.trace(backend=backend) as tracer:
@@ -102,7 +106,8 @@ def _traced(model, inputs: dict[str, Any], plan: _Plan, backend=None) -> tuple[A
     return logits, readouts
 
 
-def _result(p: Prepared, plan: _Plan, logits, readouts: dict[int, Any], where: Backend) -> RunResult:
+def result(p: Prepared, plan: Plan, logits, readouts: dict[int, Any], where: Backend) -> RunResult:
+    """The `RunResult` of a traced condition (a server that sent nothing back is an error)."""
     if logits is None:
         raise RemoteError(f"the {type(where).__name__} run returned no logits: the server sent back no result")
     return RunResult(
@@ -128,21 +133,7 @@ def run(
     where = resolve(backend)
     if where.remote and cache is not None:
         raise InputError("a KV cache stays in this process: fill it with a local run (backend='local')")
-    plan = _plan(m, p, interventions, where)
+    checked = plan_condition(m, p, interventions, where)
     with torch.no_grad():
-        logits, readouts = _traced(m.nn, _llm_inputs(m, p, cache), plan, where.tracer_backend(m))
-    return _result(p, plan, logits, readouts, where)
-
-
-def run_session(m: Model, p: Prepared, conditions: Sequence[Sequence[Intervention]], where: Backend) -> list[RunResult]:
-    """Every condition as one trace of a single remote request (an nnsight session): the
-    sample's inputs travel once, not once per condition."""
-    plans = [_plan(m, p, list(c), where) for c in conditions]
-    inputs, model = _llm_inputs(m, p), m.nn  # the session body may name only what travels: not `m`
-    with torch.no_grad(), model.session(backend=where.tracer_backend(m)):
-        outputs = nnsight.save([])
-        for plan in plans:
-            outputs.append(_traced(model, inputs, plan))
-    return [_result(p, plan, logits, readouts, where) for plan, (logits, readouts) in zip(plans, outputs)]
-
-
+        logits, readouts = traced(m.nn, llm_inputs(m, p, cache), checked, where.tracer_backend(m))
+    return result(p, checked, logits, readouts, where)

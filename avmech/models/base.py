@@ -50,7 +50,6 @@ from avmech.decoder import Decoder
 from avmech.errors import InputError, ModelError
 from avmech.interventions.base import Intervention
 from avmech.interventions.generate import Generation, generate
-from avmech.interventions.knockout import causal_mask
 from avmech.interventions.region import run_many
 from avmech.interventions.run import run
 from avmech.models.envoy import AVEnvoy
@@ -187,44 +186,45 @@ class AVModel:
     def check_sites(self) -> None:
         """Run the LLM on 3 tokens and check each standard site and the decoder map.
 
-        In one trace, in execution order: layer 0's input, its queries and keys after the
-        rotary embedding (``decoder.qk``), the heads' concatenated output
-        (``decoder.heads_in``), the attention and MLP outputs, the layer's output, the
-        final norm and the unembedding, each against its expected shape. Then, outside the
-        trace, layer 0 called through the map (``decoder.rotary`` + ``decoder.run_layer``
-        with an explicit causal mask) must give the traced layer's output."""
+        Layer 0's keys and values as the map reads them (``decoder.keys_values``) must equal
+        what the layer writes into a KV cache (the region engine starts from them); then, in
+        one trace, in execution order: layer 0's input, its queries after the rotary
+        embedding (``decoder.qk``), the heads' concatenated output (``decoder.heads_in``),
+        the attention and MLP outputs, the layer's output, the final norm and the
+        unembedding, each against its expected shape."""
         n, dec = 3, self.decoder
         d, v, h, kv, hd = self.d_model, self.d_vocab, self.n_heads, self.n_kv_heads, self.head_dim
         embeds = self.embed(torch.zeros(1, n, dtype=torch.long))
         positions = torch.arange(n, device=self.device).expand(dec.position_axes, 1, n)
         expect = {
-            "llm.layers[0] input": (1, n, d), "decoder.qk queries": (1, h, n, hd), "decoder.qk keys": (1, kv, n, hd),
+            "llm.layers[0] input": (1, n, d), "decoder.keys_values keys": (1, kv, n, hd),
+            "decoder.keys_values values": (1, kv, n, hd), "decoder.qk queries": (1, h, n, hd),
             "decoder.heads_in input": (1, n, h * hd), "decoder.attention output[0]": (1, n, d),
             "decoder.mlp output": (1, n, d), "llm.layers[0] output": (1, n, d), "ln_final output": (1, n, d),
             "lm_head output": (1, n, v),
         }
-        layer = self.nn.llm.layers[0]
+        layer, cache = self.nn.llm.layers[0], dec.new_cache()
         try:
+            with torch.no_grad(), self.nn.trace(inputs_embeds=embeds, position_ids=positions, use_cache=True,
+                                                **{self.cache_kwarg: cache}):
+                keys, values = dec.keys_values(layer, kv, hd)
+                keys, values = keys.save(), values.save()
             with torch.no_grad(), self.nn.trace(inputs_embeds=embeds, position_ids=positions, use_cache=False):
-                x = layer.input.save()
-                q, k = dec.qk(layer)
-                shapes = [x.shape, q.shape, k.shape, dec.heads_in(layer).input.shape,
-                          dec.attention(layer).output[0].shape, dec.mlp(layer).output.shape]
-                y = layer.output.save()
-                shapes += [y.shape, self.nn.ln_final.output.shape, self.nn.lm_head.output.shape]
+                x = layer.input
+                q, _ = dec.qk(layer)
+                shapes = [x.shape, keys.shape, values.shape, q.shape, dec.heads_in(layer).input.shape,
+                          dec.attention(layer).output[0].shape, dec.mlp(layer).output.shape, layer.output.shape,
+                          self.nn.ln_final.output.shape, self.nn.lm_head.output.shape]
                 shapes = nnsight.save([tuple(s) for s in shapes])
         except Exception as e:  # a map naming a part the model does not have fails inside nnsight
             raise ModelError(f"{self.name}: the {self.family} decoder map does not fit this model ({e})") from e
         bad = {k: (got, want) for (k, want), got in zip(expect.items(), shapes) if got != want}
         if bad:
             raise ModelError(f"{self.name}: standard sites have unexpected shapes (got, expected): {bad}")
-        with torch.no_grad():
-            rotary = dec.rotary(self.llm_module, x, positions)
-            again = dec.run_layer(self.llm_module, 0, x, mask=causal_mask(n, n, x.dtype, x.device), rotary=rotary,
-                                  cache={})
-        if not torch.allclose(again, y, atol=1e-4, rtol=1e-4):
-            raise ModelError(f"{self.name}: layer 0 called through the {self.family} decoder map differs from the "
-                             f"model's own (max {float((again - y).abs().max()):.2e})")
+        cached = cache.layers[0]
+        if not (torch.equal(keys, cached.keys) and torch.equal(values, cached.values)):
+            raise ModelError(f"{self.name}: the {self.family} decoder map's keys and values of layer 0 are not what "
+                             "the layer caches")
 
     # ---- inputs --------------------------------------------------------------------
     def prepare(self, sample: AVSample) -> Prepared:

@@ -67,18 +67,21 @@ class QwenDecoder:
     def scaling(self, layer: Any) -> float:
         return self.attention(layer).scaling
 
+    def keys_values(self, layer: Any, n_kv_heads: int, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inside a trace: the keys (after the rotary embedding) and values ``[b, kv_heads, pos,
+        d_head]`` of a layer, as its KV cache would hold them (values read first: v_proj runs
+        before the rotary embedding)."""
+        rotary = getattr(self.attention(layer).source, self.rotary_op)  # reached before the forward starts
+        values = self.attention(layer).v_proj.output
+        values = values.view(*values.shape[:2], n_kv_heads, head_dim).transpose(1, 2)
+        return rotary.output[1], values
+
     # ---- outside a trace (modules) ------------------------------------------------------
-    def rotary(self, llm: nn.Module, embeds: torch.Tensor, position_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return getattr(llm, self.rotary_module)(embeds, position_ids)
-
-    def run_layer(self, llm: nn.Module, index: int, hidden: torch.Tensor, *, mask: torch.Tensor,
-                  rotary: tuple[torch.Tensor, ...], cache: dict[str, Any]) -> torch.Tensor:
-        return llm.layers[index](hidden, **{self.mask_kw: mask, self.rotary_kw: rotary}, use_cache=False, **cache)
-
-    def new_cache(self, llm: nn.Module) -> Any:
+    def new_cache(self) -> Any:
+        """An empty KV cache (its layers made as they are filled)."""
         from transformers import DynamicCache
 
-        return DynamicCache(config=llm.config)
+        return DynamicCache()
 
     def next_positions(self, position_ids: torch.Tensor, step: int) -> torch.Tensor:
         """Text after the prompt counts on from its largest id on every axis."""
