@@ -7,7 +7,7 @@ export OMP_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install test test-slow figures bench clean
+.PHONY: install test test-unit test-slow figures bench clean
 
 # qwen-agent ships the real Qwen2.5 vocabulary (qwen.tiktoken) that the embedded models use;
 # it is read, never imported, so none of its dependencies are installed.
@@ -23,6 +23,9 @@ install: $(BIN)/avmech
 
 test: install
 	$(BIN)/python -m pytest -q
+
+test-unit: install
+	$(BIN)/python -m pytest -q -m unit
 
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow

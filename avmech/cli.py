@@ -39,7 +39,7 @@ from typing import NoReturn
 
 import typer
 
-from avmech.errors import EXIT_STATUS, AVMechError, InputError
+from avmech.errors import EXIT_STATUS, AVMechError, InputError, RemoteError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Trace audio-visual LLMs.")
 DEBUG_HELP = "on an error, print its traceback instead of one line"
@@ -63,8 +63,14 @@ def exit_status(e: AVMechError) -> int:
 
 
 def fail(e: AVMechError, debug: bool) -> NoReturn:
-    """Print ``e`` (one line, or with ``debug`` its traceback) and exit with its kind's status."""
-    text = "".join(traceback.format_exception(e)) if debug else f"error: {one_line(e)}\n"
+    """Print ``e`` (one line, or with ``debug`` its traceback and, for a remote error, what
+    the server said in full) and exit with its kind's status."""
+    if debug:
+        text = "".join(traceback.format_exception(e))
+        if isinstance(e, RemoteError) and e.detail:
+            text += f"\nwhat the server said:\n{e.detail.rstrip()}\n"
+    else:
+        text = f"error: {one_line(e)}\n"
     typer.echo(text, err=True, nl=False)
     raise typer.Exit(exit_status(e)) from e
 

@@ -1,4 +1,14 @@
-"""Shared fixtures: embedded tiny models (built into a per-session cache) and small media files."""
+"""Shared fixtures (embedded tiny models built into a per-session cache, small media files)
+and the test tiers.
+
+Every test is in one tier, by marker: ``unit`` (no model is built: pure functions, configs,
+files), ``integration`` (tiny embedded models, the loopback NDIF server), ``slow`` (minutes
+on 2 cores) and ``real`` (a real checkpoint on disk). ``slow`` and ``real`` are marked by
+hand; the rest are sorted at collection: a test that asks for a model fixture is
+``integration``, any other is ``unit``, and a unit test that builds a model anyway fails
+and says to mark it. ``make test`` runs unit and integration; ``make test-unit`` the tier without models
+(about a minute on 2 cores), ``make test-slow`` the slow one.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +17,33 @@ import os
 import numpy as np
 import pytest
 import torch
+from transformers import PreTrainedModel
 
 from avmech import media
+
+MODEL_FIXTURES = frozenset({"omni", "omni_eager", "salmonn", "salmonn_eager", "qwen3_omni", "qwen3_omni_eager"})
+TIERS = ("unit", "integration", "slow", "real")
 
 
 def pytest_configure(config):
     torch.set_num_threads(1)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if not any(item.get_closest_marker(t) for t in TIERS):
+            item.add_marker("integration" if MODEL_FIXTURES & set(item.fixturenames) else "unit")
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_build_no_model(request, monkeypatch):
+    if request.node.get_closest_marker("unit"):
+        def refuse(self, *args, **kwargs):
+            raise AssertionError(f"{request.node.nodeid} builds a model: mark it @pytest.mark.integration")
+
+        monkeypatch.setattr(PreTrainedModel, "__init__", refuse)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -227,6 +227,7 @@ def test_every_experiment_file_is_valid():
     assert flows == set(FLOWS)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_every_experiment_runs_on_the_embedded_default(path, tmp_path):
     for name in load_experiment(path).inputs.values():  # the experiments whose records it reads, first
@@ -237,6 +238,7 @@ def test_every_experiment_runs_on_the_embedded_default(path, tmp_path):
     assert (tmp_path / load_experiment(path).name / "tiny-omni" / "records.parquet").exists()
 
 
+@pytest.mark.integration
 def test_cli_run_limits_and_reports(tmp_path):
     path = Path(__file__).resolve().parents[1] / "experiments" / "letter_lens.toml"
     result = CliRunner().invoke(app, ["run", str(path), "--limit", "1", "--results", str(tmp_path)])

@@ -265,6 +265,7 @@ def test_group_algebra(omni, media_dir):
         t.nonempty("image")
 
 
+@pytest.mark.integration
 def test_cli_inspect_prints_the_layout(media_dir):
     result = CliRunner().invoke(app, ["inspect", str(media_dir / "clip.mp4"), "--question", "Who?", "-o", "a", "-o", "b"])
     assert result.exit_code == 0, result.output

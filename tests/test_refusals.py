@@ -154,6 +154,7 @@ def test_a_patch_of_the_wrong_shape_is_refused(family, request, clip):
         m.run(p, [avmech.ActivationPatch("resid_post.1", "last", torch.full((1, m.d_model), float("nan")))])
 
 
+@pytest.mark.integration
 def test_a_mask_ignoring_kernel_on_the_text_config_alone_is_refused(clip):
     m = avmech.load("tiny-omni", seed=0)
     p = m.prepare(_sample(clip))

@@ -260,6 +260,7 @@ def test_a_renamed_missing_or_extra_weight_fails_loudly(salmonn, tmp_path):
     assert "1 unexpected tensor(s): 'audio.qformer.cls.predictions.bias'" in str(err.value)
 
 
+@pytest.mark.integration
 def test_tied_embeddings_load_without_an_lm_head_tensor(tmp_path):
     """The 3B ties its unembedding to the embeddings: the released file has no lm_head.weight."""
     from avmech.models.salmonn_checkpoint import write_released
@@ -280,6 +281,7 @@ def test_tied_embeddings_load_without_an_lm_head_tensor(tmp_path):
         assert torch.equal(hf(**p.inputs).logits, m.hf(**p.inputs).logits)
 
 
+@pytest.mark.integration
 def test_the_tiny_model_is_deterministic_from_its_seed(tmp_path):
     from avmech.models.salmonn_tiny import save_salmonn
 

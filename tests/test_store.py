@@ -19,11 +19,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from avmech import data
-from avmech.cli import app
-from avmech.errors import EXIT_STATUS, InputError
+from avmech.cli import app, fail
+from avmech.errors import EXIT_STATUS, InputError, RemoteError
 from avmech.experiment import execute, fingerprint, load_experiment, run_experiment
 from avmech.store import RecordStore, RunLock
 
@@ -268,6 +269,7 @@ def test_names_that_would_leave_the_results_folder_are_refused(tmp_path, field, 
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args,status", [
     (["--model", ".."], 2), (["--model", "no-such-model"], 4), (["--data", "/no/such/copy"], 2),
 ])
@@ -294,6 +296,19 @@ def test_cli_errors_are_one_line_with_the_kinds_status_or_a_traceback(tmp_path):
     help_text = CliRunner().invoke(app, ["run", "--help"]).output
     for kind, status in EXIT_STATUS.items():
         assert f"{status}  {kind.__name__}" in help_text
+
+
+def test_debug_shows_what_the_server_said(capsys):
+    """A remote error is one line; --debug adds the server's full answer (its traceback)."""
+    err = RemoteError("request 7 failed on the NDIF server: ValueError: boom", detail="Traceback ...\nValueError: boom")
+    for debug in (False, True):
+        with pytest.raises(typer.Exit) as exit_:
+            fail(err, debug)
+        assert exit_.value.exit_code == EXIT_STATUS[RemoteError]
+        out = capsys.readouterr().err
+        assert ("what the server said:\nTraceback ...\nValueError: boom" in out) is debug
+        if not debug:
+            assert out == "error: request 7 failed on the NDIF server: ValueError: boom\n"
 
 
 # ---- a corrupt clip is skipped, or stops the run with --strict ------------------------
