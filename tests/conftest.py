@@ -3,11 +3,12 @@ and the test tiers.
 
 Every test is in one tier, by marker: ``unit`` (no model is built: pure functions, configs,
 files), ``integration`` (tiny embedded models, the loopback NDIF server), ``slow`` (minutes
-on 2 cores) and ``real`` (a real checkpoint on disk). ``slow`` and ``real`` are marked by
-hand; the rest are sorted at collection: a test that asks for a model fixture is
-``integration``, any other is ``unit``, and a unit test that builds a model anyway fails
-and says to mark it. ``make test`` runs unit and integration; ``make test-unit`` the tier without models
-(about a minute on 2 cores), ``make test-slow`` the slow one.
+on 2 cores), ``real`` (a real checkpoint on disk) and ``ndif`` (a real NDIF server). The
+last three are marked by hand; the rest are sorted at collection: a test that asks for a
+model fixture is ``integration``, any other is ``unit``, and a unit test that builds a
+model anyway fails and says to mark it. ``make test`` runs unit and integration, ``make
+test-unit`` the tier without models (about a minute on 2 cores), ``make test-slow`` the
+slow one.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from transformers import PreTrainedModel
 from avmech import media
 
 MODEL_FIXTURES = frozenset({"omni", "omni_eager", "salmonn", "salmonn_eager", "qwen3_omni", "qwen3_omni_eager"})
-TIERS = ("unit", "integration", "slow", "real")
+TIERS = ("unit", "integration", "slow", "real", "ndif")
 
 
 def pytest_configure(config):

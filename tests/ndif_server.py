@@ -17,8 +17,10 @@ the behaviour of the ``ndif`` 0.1.2 server where a client can see it:
 
 Models are built from their keys, as NDIF's actors build them: ``Remotable.from_model_key(
 key, dispatch=True)`` (so this process imports avmech to *build* models, as a real server
-must). A key it does not serve yet is deployed on demand; one that cannot be built ends
-its request with NDIF's "Could not deploy this model. <reason>".
+must). A key it does not serve yet is deployed on demand as NDIF deploys it: sized first
+from its meta build (a failure ends the request with NDIF's "Could not deploy this model.
+<reason>"), then loaded with its weights (a failure ends it with NDIF's canned "Error
+starting model. Please try again later. ...", the reason printed to the server's log).
 
 Requests run one at a time on a worker thread, *sandboxed* as NDIF runs requests of keys
 without its ``trusted`` tag: the request is first resolved against the key's **meta
@@ -113,17 +115,27 @@ class State:
     seconds: dict[str, float] = field(default_factory=dict)  # each finished request's execution time
 
 
+START_FAILED = "Error starting model. Please try again later. Sorry for the inconvenience."
+
+
 class DeploymentError(RuntimeError):
-    """A model key the server could not build."""
+    """A model key the server could not deploy: its answer to the request, verbatim."""
 
 
 def deploy(state: State, key: str) -> Remotable:
-    """The served model of ``key``, built on first use as NDIF deploys it."""
+    """The served model of ``key``, built on first use as NDIF deploys it: the controller
+    sizes the key without weights (a failure there is a refusal with its reason), then a
+    model actor loads it (a failure there is NDIF's canned answer, the reason in its log)."""
     if key not in state.models:
+        try:
+            Remotable.describe_checkpoint(key, "float32")
+        except Exception as e:
+            raise DeploymentError(f"Could not deploy this model. {type(e).__name__}: {e}") from e
         try:
             state.models[key] = Remotable.from_model_key(key, dispatch=True)
         except Exception as e:
-            raise DeploymentError(f"Could not deploy this model. {type(e).__name__}: {e}") from e
+            traceback.print_exc()  # the actor's log
+            raise DeploymentError(START_FAILED) from e
     return state.models[key]
 
 

@@ -437,6 +437,22 @@ def test_a_model_the_server_cannot_deploy(omni, ndif, samples):
     assert "\n" not in str(err.value) and "Could not deploy this model" in err.value.detail
 
 
+def test_a_model_the_server_sizes_but_cannot_load(omni, ndif, samples, tmp_path):
+    """A key whose meta build works (config files) but whose weights do not load: NDIF answers
+    its canned "Error starting model ..." (the reason goes to its log), and avmech says the key
+    was accepted, the load failed there, and where the reason is."""
+    import shutil
+
+    bare = tmp_path / "no-weights"
+    shutil.copytree(avmech.models.registry.embedded_path("tiny-omni", 0), bare,
+                    ignore=shutil.ignore_patterns("*.safetensors"))
+    other = NDIFBackend(host=ndif.host, api_key=KEY, model_key=model_key(omni, repo_id=str(bare)))
+    with pytest.raises(RemoteError, match=r"accepted model key .*no-weights.* but could not load it "
+                                          r"\(Error starting model\..*server's logs") as err:
+        omni.run(omni.prepare(samples[0]), backend=other)
+    assert "\n" not in str(err.value)
+
+
 def test_an_unreachable_server(omni, server, samples):
     p = omni.prepare(samples[0])
     host = f"http://127.0.0.1:{_free_port()}"

@@ -105,11 +105,11 @@ class Request(RemoteBackend):
                 f"({first_line(text.split('Could not deploy this model.', 1)[-1])}): name the repository id it "
                 "serves ([ndif] model), its whole key ([ndif] model_key), or deploy the key on your own server "
                 "(README: self-hosting)", detail=text)
-        if response.id is None or "not served" in text.lower():
+        if text.startswith(("Error starting model", "Error provisioning model")):
             return RemoteError(
-                f"the NDIF server at {self.host} did not accept the request for model key {self.model_key} "
-                f"({first_line(text)}): name the repository id it serves ([ndif] model) or its whole key "
-                "([ndif] model_key)", detail=text)
+                f"the NDIF server at {self.host} accepted model key {self.model_key} but could not load it "
+                f"({first_line(text)}): its reason is in the server's logs; ask its operators, or on your own "
+                "server check that its workers can read the checkpoint's weights and import avmech", detail=text)
         return RemoteError(f"request {response.id} failed on the NDIF server at {self.host} (model key "
                            f"{self.model_key}): {last_line(text)} (--debug shows the server's traceback)", detail=text)
 
