@@ -245,10 +245,12 @@ def test_ablating_the_last_mlp_equals_hand_computation(model, prepared):
 
 
 # ---- token dropping ------------------------------------------------------------------------
-def test_dropping_nothing_changes_nothing(model, prepared):
+def test_dropping_nothing_changes_nothing_and_is_refused_unless_meant(model, prepared):
     base = model.run(prepared)
-    got = model.run(prepared, [TokenDrop(Group("nothing", ()), after_layer=1)])
+    got = model.run(prepared, [TokenDrop(Group("nothing", ()), after_layer=1, allow_empty=True)])
     assert (got.logits - base.logits).abs().max() < ATOL
+    with pytest.raises(InputError, match=r"TokenDrop\(.*nothing.*\) removes nothing: .*allow_empty=True"):
+        model.run(prepared, [TokenDrop(Group("nothing", ()), after_layer=1)])
 
 
 def test_dropping_after_the_last_layer_changes_nothing(model, prepared):

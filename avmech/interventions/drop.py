@@ -29,10 +29,14 @@ def _index(value, keep: torch.Tensor, dims: tuple[int, ...]):
 
 
 class TokenDrop(Intervention):
-    """Remove ``group`` from the sequence after layer ``after_layer`` (-1: before layer 0)."""
+    """Remove ``group`` from the sequence after layer ``after_layer`` (-1: before layer 0).
+
+    A group with no positions in the sample is refused unless ``allow_empty``: dropping
+    nothing would read as "the model does not need it"."""
 
     group: GroupSpec
     after_layer: int
+    allow_empty: bool = False
 
     stage: ClassVar = "structure"
 
@@ -45,6 +49,11 @@ class TokenDrop(Intervention):
                 f"TokenDrop after layer {self.after_layer}: this model adds features to the residual stream after "
                 f"layer {injected[-1]} outside its layers (DeepStack), at full length; drop after layer "
                 f"{injected[-1]} or later"
+            )
+        if not self.allow_empty and not len(ctx.group(self.group)):
+            raise InputError(
+                f"TokenDrop({self.group!r}) removes nothing: the sample has no such positions; a run that drops "
+                "nothing would read as 'not needed' (pass allow_empty=True where an empty drop is meant)"
             )
         if len(ctx.tokens.group("last") & ctx.group(self.group)):
             raise InputError("TokenDrop would remove the last position, where the answer is read: drop 'group - last'")
