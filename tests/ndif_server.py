@@ -27,7 +27,8 @@ without its ``trusted`` tag: the request is first resolved against the key's **m
 model** (``Remotable.from_model_key(key)``, no weights: a model class without a meta
 build fails here, as NDIF's runner fails with "no meta model for ..."), then deserialised
 against the real model and executed, with the request's environment applied (the
-attention kernel). While a request is deserialised and runs, ``avmech`` is made
+attention kernel) and the traced function called by its name on the served envoy (NDIF's
+runner sends the host a name, not a function). While a request is deserialised and runs, ``avmech`` is made
 unimportable, so the request must carry every piece of avmech code it runs (by value).
 An exception becomes an ERROR status carrying its traceback and message.
 
@@ -62,6 +63,7 @@ import uvicorn
 import zstandard
 from fastapi import FastAPI, File, Form, Header, HTTPException, UploadFile, WebSocket, WebSocketDisconnect
 from fastapi.responses import Response
+from nnsight.intervention.envoy import Envoy
 from nnsight.modeling.mixins.remotable import Remotable
 from nnsight.schema.request import RequestModel
 from nnsight.schema.response import ResponseModel, Status
@@ -90,6 +92,27 @@ def without_avmech():
     finally:
         sys.meta_path.remove(blocker)
         sys.modules.update(hidden)
+
+
+@contextlib.contextmanager
+def called_by_name(model: Remotable):
+    """The traced function looked up by *name* on the served envoy, as NDIF's sandbox does:
+    its runner process holds no real model, so it sends the host the name of the function
+    the trace runs (``fn.__name__``, or the string nnsight defaults to, ``"__call__"``), and
+    the host calls ``getattr(envoy, name)``. A trace whose function is ``"__call__"`` there
+    gets the envoy's own ad-hoc call, which stands the trace down: nothing is served. (The
+    request's envoys are rebuilt from its bytes, so the lookup is patched where every
+    trace calls it, `Envoy.interleave`.)"""
+    run = Envoy.interleave
+
+    def interleave(self, fn, *args, **kwargs):
+        return run(self, getattr(model, fn if isinstance(fn, str) else fn.__name__), *args, **kwargs)
+
+    Envoy.interleave = interleave
+    try:
+        yield
+    finally:
+        Envoy.interleave = run
 
 
 @dataclass
@@ -157,7 +180,7 @@ def execute(state: State, job: Job) -> bytes:
     key = job.request.model_key
     model = deploy(state, key)
     skeleton = meta_model(state, key)
-    with without_avmech():
+    with without_avmech(), called_by_name(model):
         # every Module:<path> the request names must exist in the meta tree (the runner's map)
         RequestModel.deserialize(job.blob, skeleton._remoteable_persistent_objects(), compress=job.request.compress)
         tracer = RequestModel.deserialize(job.blob, model._remoteable_persistent_objects(),

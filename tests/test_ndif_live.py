@@ -7,6 +7,12 @@ then run ``pytest -m ndif``. The server must serve (or be able to deploy) avmech
 ``AVMECH_NDIF_MODEL`` (default ``tiny-omni``: its workers build the embedded model from the
 same seed, so the weights are the ones loaded here). ``AVMECH_NDIF_ATOL`` (default 1e-5)
 bounds the differences of float columns: a GPU server's kernels are not this CPU's.
+
+Each experiment runs twice on the server: as nnsight sends requests, and declared
+untrusted (``"trusted": false`` in the request's envelope, what a key without NDIF's
+``trusted`` tag gets), which a deployment through ndif's sandboxing actor runs in its
+sandbox (a runner process resolving the request against the meta model).
+``tests/ndif_selfhost/setup.sh`` starts such a server on this machine.
 """
 
 from __future__ import annotations
@@ -14,9 +20,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
+from nnsight.schema.request import RequestModel
 from typer.testing import CliRunner
 
 from avmech.cli import app
@@ -46,11 +55,16 @@ def _run(experiment: str, backend: str, results: Path, monkeypatch) -> pd.DataFr
     return pd.read_parquet(results / experiment / MODEL / "records.parquet")
 
 
+@pytest.mark.parametrize("untrusted", [False, True], ids=["as-sent", "untrusted"])
 @pytest.mark.parametrize("experiment", ["av_video_knockout", "letter_lens", "interleaved_knockout"])
-def test_an_experiment_on_the_server_gives_the_local_records(server, experiment, tmp_path, monkeypatch):
+def test_an_experiment_on_the_server_gives_the_local_records(server, experiment, untrusted, tmp_path, monkeypatch):
     """A knockout sweep (the affected-region engine on the server), a lens readout and the
     interleaved configuration: every record equal to the local run's, timings aside."""
     local = _run(experiment, "local", tmp_path / "local", monkeypatch)
+    if untrusted:
+        envelope = RequestModel.metadata
+        monkeypatch.setattr(RequestModel, "metadata", lambda self: json.dumps({**json.loads(envelope(self)),
+                                                                               "trusted": False}))
     remote = _run(experiment, "ndif", tmp_path / "ndif", monkeypatch)
     assert list(local.columns) == list(remote.columns) and len(local) == len(remote) > 0
     for col in local.columns:

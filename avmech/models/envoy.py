@@ -37,6 +37,20 @@ class AVEnvoy(Remotable):
             warnings.filterwarnings("ignore", message=".*has a submodule named 'output'", category=UserWarning)
             super().__init__(*args, **kwargs)
 
+    def trace(self, *args, fn=None, **kwargs):
+        """A trace that runs `_forward`, a method of this class, rather than nnsight's default
+        (the name ``"__call__"``): NDIF's sandbox runner sends the server the *name* of what a
+        trace runs and the server looks it up on its envoy, where ``__call__`` is nnsight's
+        ad-hoc module call, which stands the trace down (every read then fails out of
+        order). nnsight's own transformers wrapper traces its ``_call`` for the same reason.
+        ``Remotable.trace``, not ``super()``: inside a session nnsight recompiles the
+        functions a trace calls from their source, which loses ``super()``'s class cell."""
+        return Remotable.trace(self, *args, fn=self._forward if fn is None else fn, **kwargs)
+
+    def _forward(self, *args, **kwargs):
+        """The wrapped module's own call (its hooks fire), what a trace runs."""
+        return self._module(*args, **kwargs)
+
     @staticmethod
     def key_suffix(repo_id: str) -> str:
         """The JSON half of an NDIF model key: the repository id (and no revision)."""

@@ -104,7 +104,7 @@ class Request(RemoteBackend):
                 f"the NDIF server at {self.host} does not serve model key {self.model_key} and could not deploy it "
                 f"({first_line(text.split('Could not deploy this model.', 1)[-1])}): name the repository id it "
                 "serves ([ndif] model), its whole key ([ndif] model_key), or deploy the key on your own server "
-                "(README: self-hosting)", detail=text)
+                "(README: Self-hosting NDIF)", detail=text)
         if text.startswith(("Error starting model", "Error provisioning model")):
             return RemoteError(
                 f"the NDIF server at {self.host} accepted model key {self.model_key} but could not load it "
