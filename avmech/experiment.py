@@ -392,7 +392,7 @@ def execute(
                     store.append([{"experiment": exp.name, "model": exp.model, "dataset": exp.data.dataset, **record}])
                     new += 1
         except AVMechError as e:
-            e.add_note(f"the records written so far are kept in '{store.dir}': run the same command again to resume")
+            e.add_note(kept_records(store))
             raise
         path = store.finalize()
     return RunSummary(store.dir, pq.read_metadata(path).num_rows, new, tuple(skipped), store.skipped)
@@ -411,6 +411,18 @@ def unwritten(records: Iterable[dict[str, Any]], store: RecordStore) -> Iterator
             yield record
     if current is not None:
         store.finish(current)
+
+
+def kept_records(store: RecordStore) -> str:
+    """What a failed run leaves in ``store``, for its error's note."""
+    try:
+        n = len(store.records())
+    except AVMechError:  # a damaged log: its own error says so when the run resumes
+        n = -1
+    if n == 0:
+        return f"no record was written to '{store.dir}'"
+    held = "the records" if n < 0 else "the record" if n == 1 else f"the {n} records"
+    return f"'{store.dir}' keeps {held} written so far: run the same command again to resume"
 
 
 def run_experiment(

@@ -406,6 +406,16 @@ def test_cli_on_the_server_equals_local_and_resumes(server, monkeypatch, tmp_pat
     assert json.loads((log.parent / "config.json").read_text())["backend"] == "ndif"
 
 
+def test_a_run_that_wrote_nothing_says_so(server, monkeypatch, tmp_path):
+    monkeypatch.setenv("NDIF_HOST", f"http://127.0.0.1:{_free_port()}")
+    monkeypatch.setenv("NDIF_API_KEY", KEY)
+    discard = tmp_path / "token_discard.toml"
+    discard.write_text(DISCARD)
+    out = CliRunner().invoke(app, ["run", str(discard), "--limit", "1", "--results", str(tmp_path), "--backend", "ndif"])
+    assert out.exit_code == 3 and "cannot reach the NDIF server" in out.output
+    assert f"no record was written to '{tmp_path / 'token_discard' / 'tiny-omni'}'" in out.output
+
+
 @pytest.mark.parametrize("key, answer", [
     ("", r"HTTP 401: Missing or invalid API key"),
     ("not-a-uuid", r"HTTP 400: Invalid API key format: 'not-a-uuid'"),
