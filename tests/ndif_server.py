@@ -32,6 +32,11 @@ runner sends the host a name, not a function). While a request is deserialised a
 unimportable, so the request must carry every piece of avmech code it runs (by value).
 An exception becomes an ERROR status carrying its traceback and message.
 
+Requests over 1 MB are accepted as on a server with avmech's bridge (see
+``tests/ndif_selfhost/ndif_bridge.py``: without it, ndif 0.1.2's API answers them HTTP 400
+"There was an error parsing the body", since nnsight's ``.save`` on every object breaks
+anyio's lazily defined classes when an upload spools to disk).
+
 Usage::
 
     python tests/ndif_server.py --serve MODEL_KEY [--serve ...] [--api-key UUID] [--inline-limit BYTES]
@@ -58,6 +63,9 @@ import traceback
 import uuid
 from dataclasses import dataclass, field
 
+import anyio.abc._sockets  # noqa: F401  before nnsight mounts `.save` (tests/ndif_selfhost/ndif_bridge.py, part 2)
+import anyio.streams.file  # noqa: F401
+import anyio.streams.tls  # noqa: F401
 import torch
 import uvicorn
 import zstandard

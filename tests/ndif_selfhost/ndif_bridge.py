@@ -1,16 +1,24 @@
-"""Server-side bridge for running ndif 0.1.2 with nnsight 0.8.1 on a CPU-only host.
+"""Server-side bridge for running ndif 0.1.2 with nnsight 0.8.1 (parts 1 and 2, on any host)
+and on a CPU-only host (part 3).
 
 Loaded at interpreter start in every process of the server venv (ndif CLI, gunicorn,
 Ray workers, the controller, model actors, sandbox runners) by ndif_bridge.pth. It
 patches lazily, only when the module concerned is imported, so plain processes pay
-nothing. Two independent parts:
+little. Three independent parts:
 
 1. nnsight API bridge (needed on any host): ndif 0.1.2's controller calls
    Remotable.describe_checkpoint(key, dtype, trust_remote_code=...) and
    Remotable.max_tp_size(key, trust_remote_code=...); nnsight 0.8.1 (the latest release)
    takes no trust_remote_code there. Wrap both to accept and drop it.
 
-2. CPU shim (only when torch sees no CUDA device; NDIF_BRIDGE_CPU=0 disables it):
+2. Requests over 1 MB (needed on any host): nnsight mounts ``.save`` on every object
+   when imported, and anyio checks, when it first defines a typed attribute set
+   (SocketAttribute, ...: lazily, the first time starlette spools an upload over 1 MB to
+   disk), that every public attribute is annotated: ``save`` is not, so the API answers
+   every request over 1 MB with HTTP 400 "There was an error parsing the body". Defining
+   those classes before nnsight is imported avoids it.
+
+3. CPU shim (only when torch sees no CUDA device; NDIF_BRIDGE_CPU=0 disables it):
    ndif's model actor is written for GPUs: it loads with device=<gpu index>, calls
    torch.cuda.set_device/synchronize/empty_cache/set_per_process_memory_fraction/
    memory stats, and verify_device_placement() refuses any tensor not on CUDA. Make
@@ -47,6 +55,8 @@ class _Loader(importlib.abc.Loader):
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
+        if fullname == "nnsight":
+            _define_anyio_attribute_sets()
         fn = _PATCHERS.get(fullname)
         if fn is None:
             return None
@@ -86,7 +96,20 @@ def _patch_remotable(mod):
         Remotable.from_model_key = classmethod(from_model_key)
 
 
-# ---- 2. CPU shim ---------------------------------------------------------------------
+# ---- 2. requests over 1 MB --------------------------------------------------------------
+
+
+def _define_anyio_attribute_sets():
+    """Called by the finder just before nnsight itself is first imported."""
+    try:
+        import anyio.abc._sockets  # noqa: F401
+        import anyio.streams.file  # noqa: F401
+        import anyio.streams.tls  # noqa: F401
+    except ImportError:  # no anyio in this process's environment: nothing to protect
+        pass
+
+
+# ---- 3. CPU shim ---------------------------------------------------------------------
 
 
 def _cpu_shim_wanted():
