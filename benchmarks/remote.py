@@ -7,6 +7,11 @@ request per sample. Reported side by side: the decoder layer-positions each comp
 (the clean pass plus every condition's region; one full forward per condition for the
 naive way), and the server's execution time of the request against the local engine's
 time, per condition (target: within 1.5x).
+
+With ``AVMECH_NDIF_HOST`` set (a real NDIF server, e.g. ``tests/ndif_selfhost/setup.sh``;
+``AVMECH_NDIF_API_KEY`` where it checks keys) the same sweep runs there instead: the round
+trip against the local engine, and the largest difference of the conditions' logits
+(such a server reports no execution time).
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ def main() -> None:
     _, regions = plan_regions([plan_condition(m, p, c, LocalBackend()) for c in conds], n)
     engine_positions = n * depth + sum(r.cost(n, depth) for r in regions)
     local_s = timed(lambda: m.run_many(p, conds), repeats=1)
+    if os.environ.get("AVMECH_NDIF_HOST"):
+        return on_a_real_server(m, p, conds, local_s, engine_positions)
     proc, host = serve(model_key(m))
     try:
         remote = NDIFBackend(host=host, api_key=KEY)
@@ -72,3 +79,18 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def on_a_real_server(m, p, conds, local_s: float, engine_positions: int) -> None:
+    """The sweep on the server at ``AVMECH_NDIF_HOST``: round trip and numbers against local."""
+    remote = NDIFBackend(host=os.environ["AVMECH_NDIF_HOST"], api_key=os.environ.get("AVMECH_NDIF_API_KEY", ""))
+    local = m.run_many(p, conds)
+    m.run_many(p, conds, backend=remote)  # warm-up: the server may deploy the key first
+    started = time.perf_counter()
+    there = m.run_many(p, conds, backend=remote)
+    round_trip = time.perf_counter() - started
+    diff = max((a.logits - b.logits).abs().max().item() for a, b in zip(local, there, strict=True))
+    print(f"\n## Remote knockout sweep ({len(conds)} conditions, {len(p)} tokens, bench-omni) on "
+          f"{os.environ['AVMECH_NDIF_HOST']}: round trip vs local engine")
+    print(row("positions", "local s", "round trip s", "trip/local", "max |dlogit|"))
+    print(row(engine_positions, local_s, round_trip, round_trip / local_s, f"{diff:.1e}"))
