@@ -10,7 +10,7 @@
 
     [data]
     dataset = "av-speakerbench"          # av-speakerbench | av-odyssey | worldsense
-    root = "synthetic"                   # the embedded demo set, or a local copy
+    root = "synthetic"                   # the embedded demo set, "planted", or a local copy
     limit = 8
     select = { category = ["speaker recognition", "visual recognition"] }   # the study's subset
 
@@ -77,7 +77,9 @@ class DataSpec(BaseModel):
     """The ``[data]`` table: which benchmark, where, which of its samples, and how its prompts
     are laid out (``layout = "study"`` feeds interleaved items as the study did, see
     `avmech.AVSample`). ``select`` keeps the samples whose fields match (`avmech.data.read`),
-    before ``limit``; ``n_synthetic`` and ``synthetic_seconds`` size the embedded demo set."""
+    before ``limit``; ``n_synthetic`` and ``synthetic_seconds`` size the embedded demo set
+    (``root = "synthetic"``) or the planted one (``root = "planted"``: `avmech.data.planted`,
+    the tasks the planted models are trained on; ``synthetic_seconds`` does not apply)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     dataset: Literal["av-speakerbench", "av-odyssey", "worldsense"]
@@ -212,6 +214,8 @@ def load_samples(spec: DataSpec, seed: int = 0) -> list:
     root = spec.root
     if root == "synthetic":
         root = data.synthetic.ensure(spec.dataset, n=spec.n_synthetic, seed=seed, seconds=spec.synthetic_seconds)
+    elif root == "planted":
+        root = data.planted.ensure(spec.dataset, n=spec.n_synthetic, seed=seed)
     samples = data.read(spec.dataset, root, split=spec.split, limit=spec.limit, select=spec.select)
     return [dataclasses.replace(s, layout=spec.layout) for s in samples]
 

@@ -31,7 +31,7 @@ def draw(records: dict[str, pd.DataFrame], meta: common.Meta) -> Figure:
     models = common.order_models(set(mass["model"]) | set(knock["model"]))
     fig, axes = common.figure(2 * len(models), len(queries), 5.0, 3.0)
     for m, model in enumerate(models):
-        demo = " (RANDOM demo)" if common.is_demo(model) else ""
+        demo = common.tag(model)
         for c, query in enumerate(queries):
             top, bottom = axes[2 * m, c], axes[2 * m + 1, c]
             a = mass[(mass["model"] == model) & (mass["query"] == query)]

@@ -28,9 +28,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-# avmech.models.EMBEDDED: random-weight models of the real architectures (tests keep these in sync).
+# avmech's embedded models (tests keep these in sync): random-weight models of the real
+# architectures, and planted ones, trained on synthetic tasks whose answer's route is known.
 DEMO_MODELS = frozenset({"tiny-omni", "tiny-salmonn", "tiny-qwen3-omni", "bench-omni"})
+PLANTED_MODELS = frozenset({"planted-omni"})
 DEMO_MARK = "RANDOM demo model — not a finding"
+PLANTED_MARK = "planted demo model (trained on synthetic tasks; pathways known)"
 RECORDS = "records.parquet"
 SEPARATOR = "   ·   "
 # Columns that split samples by task, in order of preference (AV-SpeakerBench, AV-Odyssey, WorldSense).
@@ -60,7 +63,7 @@ class Source:
 
     @property
     def data_label(self) -> str:
-        where = "synthetic demo set" if self.data_root == "synthetic" else self.data_root
+        where = {"synthetic": "synthetic demo set", "planted": "planted task set"}.get(self.data_root, self.data_root)
         return f"{self.dataset} ({where})"
 
 
@@ -91,16 +94,28 @@ class Rendered:
 
 
 def is_demo(model: str) -> bool:
+    """A random-weight demo model."""
     return model in DEMO_MODELS
 
 
+def is_planted(model: str) -> bool:
+    """A planted demo model (`avmech.models.planted`)."""
+    return model in PLANTED_MODELS
+
+
+def tag(model: str) -> str:
+    """``" (RANDOM demo)"``, ``" (planted demo)"`` or nothing (a real model), for panel titles."""
+    return " (RANDOM demo)" if is_demo(model) else " (planted demo)" if is_planted(model) else ""
+
+
 def model_label(model: str) -> str:
-    return f"{model} ({DEMO_MARK})" if is_demo(model) else model
+    mark = DEMO_MARK if is_demo(model) else PLANTED_MARK if is_planted(model) else None
+    return f"{model} ({mark})" if mark else model
 
 
 def order_models(models) -> list[str]:
-    """Real models first, then demo models, each alphabetically."""
-    return sorted(models, key=lambda m: (is_demo(m), m))
+    """Real models first, then planted, then random demo models, each alphabetically."""
+    return sorted(models, key=lambda m: (is_demo(m), is_planted(m), m))
 
 
 def read_source(directory: Path) -> tuple[pd.DataFrame, Source]:
@@ -278,6 +293,10 @@ def finish(fig: Figure, title: str, meta: Meta, note: str = "", excluded: int | 
     lines = [(note, "black")] if note else []
     if excluded is not None:
         lines.append((excluded_note(excluded), "black"))
+    if any(is_planted(m) for m in meta.models):
+        lines.append(("Planted demo model: trained here on synthetic questions answered by the sound alone "
+                      "(pitch, beeps) or the frames alone (colour, motion), so the route the answer must take "
+                      "is known; it checks the method, not how audio-visual LLMs behave.", "#1b5e20"))
     if any(is_demo(m) for m in meta.models):
         lines.append((f"{DEMO_MARK}: random-weight demo models show that the pipeline runs, "
                       "not how audio-visual LLMs behave.", "#b71c1c"))

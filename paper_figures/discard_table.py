@@ -91,7 +91,7 @@ def formatted(t: pd.DataFrame) -> pd.DataFrame:
 
     return pd.DataFrame({
         "data": t["data"],
-        "model": [f"{m}\n(RANDOM demo)" if common.is_demo(m) else m for m in t["model"]],
+        "model": [f"{m}\n{common.tag(m).strip()}" if common.tag(m) else m for m in t["model"]],
         "setting": t["setting"],
         "dropped after layer\n(how chosen)": [dropped(d, s) for d, s in zip(t["dropped"], t["layer_source"])],
         "n / not applied\n/ excluded": t["samples"].astype(str) + " / " + t["not_applied"].astype(str) + " / "

@@ -38,7 +38,7 @@ def draw(records: dict[str, pd.DataFrame], meta: common.Meta) -> Figure:
     fig, axes = common.figure(len(panels), ncols, 4.6, 2.9)
     excluded = 0
     for r, (experiment, model, k, tasks) in enumerate(panels):
-        demo = " (RANDOM demo)" if common.is_demo(model) else ""
+        demo = common.tag(model)
         for c in range(ncols):
             ax = axes[r, c]
             if c >= len(tasks):

@@ -77,7 +77,7 @@ def draw_curves(records: pd.DataFrame, meta: common.Meta, families, title: str) 
                                                  color=colors[edge], gid=f"{model}|{task}|{edge}")
             ax.axhline(0, color="black", linewidth=0.6)
             common.layer_axis(ax)
-            demo = " (RANDOM demo)" if common.is_demo(model) else ""
+            demo = common.tag(model)
             ax.set_title(f"{family}\n{model}{demo} · {common.arrow(task)} · n = {g['sample_id'].nunique()}",
                          fontsize=9)
             ax.set_xlabel(common.window_label(g, k), fontsize=8)

@@ -88,7 +88,7 @@ def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
         f = f.sort_values("position")
         key = f"{model}|{sample_id}|{layout}"
         draw_strip(strip, f, key)
-        demo = " (RANDOM demo)" if common.is_demo(model) else ""
+        demo = common.tag(model)
         shown = f" · {LAYOUTS[layout]}" if (f["item"] >= 0).any() else ""
         strip.set_title(f"{model}{demo} · {f['dataset'].iloc[0]} sample {sample_id} · {len(f)} positions{shown}",
                         fontsize=9, pad=22)

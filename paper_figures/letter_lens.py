@@ -30,7 +30,7 @@ def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
     colors = dict(zip(task_names, sns.color_palette("Set2", len(task_names))))
     fig, axes = common.figure(len(models), 2, 5.2, 3.2)
     for r, model in enumerate(models):
-        demo = " (RANDOM demo)" if common.is_demo(model) else ""
+        demo = common.tag(model)
         f = records[records["model"] == model]
         for ax, value, what in ((axes[r, 0], "p_layer", "p(correct letter) (%)"),
                                 (axes[r, 1], "top", "correct letter ranked first (%)")):

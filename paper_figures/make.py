@@ -6,10 +6,13 @@
 
 1. Runs every ``experiments/*.toml`` whose ``results/<experiment>/<model>/records.parquet``
    is missing (a half-done run resumes; finished records of another configuration, or of
-   other inputs, are an error naming the folder), on each demo model, ``tiny-omni`` and
-   ``tiny-salmonn`` (random weights, one per family), or on the ``--model`` given; each
-   experiment after the experiments whose records it reads (its ``[inputs]`` table,
-   `avmech.experiment.in_order`).
+   other inputs, are an error naming the folder), on each demo model or on the ``--model``
+   given; each experiment after the experiments whose records it reads (its ``[inputs]``
+   table, `avmech.experiment.in_order`). The demo models: ``planted-omni`` (trained on the
+   planted tasks on first use, minutes; `avmech.models.planted`), which runs the
+   experiments on the data set it was trained on (AV-SpeakerBench's layout) with its
+   planted questions (``root = "planted"``), and ``tiny-omni`` and ``tiny-salmonn``
+   (random weights, one per family), which run every experiment on the synthetic sets.
 2. Writes ``results/layout/<model>/layout.json``, the TokenMap of the first sample of
    ``av_video_knockout`` and of ``interleaved_knockout`` (in the study's layout and in the
    data set's), by ``avmech.load(model).prepare(sample).tokens``: a prepare, no forward
@@ -33,24 +36,43 @@ from pathlib import Path
 
 from paper_figures import index, layout_strip, registry
 
-DEMO = ("tiny-omni", "tiny-salmonn")
+DEMO = ("planted-omni", "tiny-omni", "tiny-salmonn")
+# The data sets the planted models are trained on (`avmech.data.planted.TRAINED` in AV-SpeakerBench's layout).
+PLANTED_DATASETS = ("av-speakerbench",)
 LAYOUT_FROM = ("av_video_knockout", "interleaved_knockout")
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
 def run_missing(results: Path, experiments: Path, models: tuple[str, ...], load) -> list[str]:
     """Run, per model, the experiments without records (each after those it reads); returns "name on model"s."""
-    from avmech.experiment import in_order, load_experiment, run_experiment, up_to_date
+    from avmech.experiment import in_order, run_experiment, up_to_date
 
     ran = []
     for model in models:
-        for exp in in_order(load_experiment(p, model=model) for p in sorted(experiments.glob("*.toml"))):
+        exps = experiments_for(model, experiments)
+        skipped = sorted({p.stem for p in experiments.glob("*.toml")} - {e.name for e in exps})
+        if skipped:
+            print(f"not running {', '.join(skipped)} on {model}: it is not trained on their data sets", flush=True)
+        for exp in in_order(exps):
             if up_to_date(exp, results):  # records of another configuration: an error naming the folder
                 continue
             print(f"running {exp.name} on {exp.model} ...", flush=True)
             run_experiment(exp, results, model=load(exp.model, exp.seed))
             ran.append(f"{exp.name} on {exp.model}")
     return ran
+
+
+def experiments_for(model: str, experiments: Path) -> list:
+    """The experiment files as ``model`` runs them: a planted model on its planted questions, and only
+    the experiments on a data set it was trained on (the others are named as skipped)."""
+    from avmech.experiment import load_experiment
+    from avmech.models.planted import RECIPES
+
+    paths = sorted(experiments.glob("*.toml"))
+    if model not in RECIPES:
+        return [load_experiment(p, model=model) for p in paths]
+    exps = [load_experiment(p, model=model, root="planted") for p in paths]
+    return [e for e in exps if e.data.dataset in PLANTED_DATASETS]
 
 
 def layout_sample(tokens, sample, exp, layout: str) -> dict:
@@ -70,10 +92,10 @@ def write_layout(results: Path, experiments: Path, model: str, load) -> Path:
     """``results/layout/<model>/layout.json`` from prepared samples (no forward pass), unless present."""
     import dataclasses
 
-    from avmech.experiment import load_experiment, load_samples
+    from avmech.experiment import load_samples
     from avmech.store import environment, slug
 
-    exps = [load_experiment(experiments / f"{name}.toml", model=model) for name in LAYOUT_FROM]
+    exps = [e for e in experiments_for(model, experiments) if e.name in LAYOUT_FROM]
     path = results / "layout" / slug(model) / layout_strip.LAYOUT
     if path.exists():
         return path

@@ -32,7 +32,7 @@ def formatted(t: pd.DataFrame) -> pd.DataFrame:
         return "\n".join(f"{c[6:-11]} {row[c]:.1f}" for c in ranked if row[c] > 0) or "—"
 
     return pd.DataFrame({
-        "model": [f"{m}\n(RANDOM demo)" if common.is_demo(m) else m for m in t["model"]],
+        "model": [f"{m}\n{common.tag(m).strip()}" if common.tag(m) else m for m in t["model"]],
         "data": t["data"], "task": t["task"], "n": t["samples"],
         "no sinks /\nexcluded": t["no_sinks"].astype(str) + " / " + t["excluded"].astype(str),
         "sinks\nper sample": t["sinks_per_sample"].map(common.cell(".1f")),

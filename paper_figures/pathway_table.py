@@ -23,7 +23,7 @@ NOTE = ("necessary: (edge, layers) whose knockout lowered p(correct letter) by m
 def formatted(t: pd.DataFrame) -> pd.DataFrame:
     """The cells as shown in the image and the Markdown."""
     return pd.DataFrame({
-        "model": [f"{m}\n(RANDOM demo)" if common.is_demo(m) else m for m in t["model"]],
+        "model": [f"{m}\n{common.tag(m).strip()}" if common.tag(m) else m for m in t["model"]],
         "data": t["data"], "task": t["task"], "n": t["samples"],
         "not applied /\nexcluded": t["not_applied"].astype(str) + " / " + t["excluded"].astype(str),
         "accuracy %\nfull model": t["accuracy_full_pct"].map(common.cell(".1f")),

@@ -61,7 +61,7 @@ def draw(records: dict[str, pd.DataFrame], meta: common.Meta) -> Figure:
     fig, axes = common.figure(len(models), 2, 5.6, 3.4)
     excluded, not_applied, read = 0, 0, set()
     for r, model in enumerate(models):
-        demo = " (RANDOM demo)" if common.is_demo(model) else ""
+        demo = common.tag(model)
         f, s = modal[modal["model"] == model], sweep[sweep["model"] == model]
         tasks = [(t, g) for t, g in common.tasks(f)]
         bars, points = axes[r, 0], axes[r, 1]

@@ -38,7 +38,7 @@ def layer_counts(values: pd.Series) -> str:
 def formatted(t: pd.DataFrame) -> pd.DataFrame:
     """The cells as shown in the image and the Markdown."""
     return pd.DataFrame({
-        "model": [f"{m}\n(RANDOM demo)" if common.is_demo(m) else m for m in t["model"]],
+        "model": [f"{m}\n{common.tag(m).strip()}" if common.tag(m) else m for m in t["model"]],
         "data": t["data"], "task": t["task"], "n": t["samples"],
         "with spikes /\nexcluded": t["with_spikes"].astype(str) + " / " + t["excluded"].astype(str),
         "ratio\n(max seen)": t["ratio"].map(common.cell("g")) + "\n(" + t["max_ratio"].map(common.cell(".1f")) + ")",

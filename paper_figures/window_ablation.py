@@ -43,7 +43,7 @@ def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
     shades = dict(zip(sizes, sns.color_palette("viridis", len(sizes))))
     fig, axes = common.figure(2 * len(models), len(edges), 4.0, 2.9)
     for m, model in enumerate(models):
-        demo = " (RANDOM demo)" if common.is_demo(model) else ""
+        demo = common.tag(model)
         for c, edge in enumerate(edges):
             g = rows[(rows["model"] == model) & (rows["edge"] == edge)]
             top, bottom = axes[2 * m, c], axes[2 * m + 1, c]

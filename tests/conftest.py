@@ -13,6 +13,7 @@ slow one.
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -21,8 +22,10 @@ import torch
 from transformers import PreTrainedModel
 
 from avmech import media
+from avmech.models.base import MEDIA_POLICY_FILE
 
-MODEL_FIXTURES = frozenset({"omni", "omni_eager", "salmonn", "salmonn_eager", "qwen3_omni", "qwen3_omni_eager"})
+MODEL_FIXTURES = frozenset({"omni", "omni_eager", "salmonn", "salmonn_eager", "qwen3_omni", "qwen3_omni_eager",
+                            "planted_omni", "planted_omni_dir"})
 TIERS = ("unit", "integration", "slow", "real", "ndif")
 
 
@@ -47,9 +50,13 @@ def _unit_tests_build_no_model(request, monkeypatch):
         monkeypatch.setattr(PreTrainedModel, "__init__", refuse)
 
 
+SHARED_CACHE = os.environ.get("AVMECH_CACHE")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
-    """Embedded models are built afresh for the test session, not read from ~/.cache."""
+    """Embedded models are built afresh for the test session, not read from ~/.cache (except the
+    trained planted models: `planted_omni`)."""
     old = os.environ.get("AVMECH_CACHE")
     os.environ["AVMECH_CACHE"] = str(tmp_path_factory.mktemp("avmech-cache"))
     yield
@@ -99,6 +106,35 @@ def qwen3_omni_eager():
     import avmech
 
     return avmech.load("tiny-qwen3-omni", seed=0, attn_implementation="eager")
+
+
+@pytest.fixture(scope="session")
+def planted_omni_dir():
+    """``planted-omni``'s checkpoint in the user's cache (trained there on first use, minutes on
+    all cores; `make figures` then reuses it): its recipe's digest names it, so a changed recipe
+    trains a new one."""
+    from avmech.models.registry import embedded_path
+
+    test_cache = os.environ["AVMECH_CACHE"]
+    if SHARED_CACHE is None:
+        os.environ.pop("AVMECH_CACHE")
+    else:
+        os.environ["AVMECH_CACHE"] = SHARED_CACHE
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        return embedded_path("planted-omni", 0)
+    finally:
+        os.environ["AVMECH_CACHE"] = test_cache
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def planted_omni(planted_omni_dir):
+    from avmech.models.omni import load_omni
+
+    policy = json.loads((planted_omni_dir / MEDIA_POLICY_FILE).read_text())
+    return load_omni(planted_omni_dir, name="planted-omni", media_policy=policy, dtype=torch.float32)
 
 
 @pytest.fixture(scope="session")

@@ -98,17 +98,17 @@ def knockout(edges, model=DEMO, tasks=((SPEAKER, ("s1", "s2", "s3")), (VISUAL, (
 AV_EDGES = (("audio", "question"), ("video", "last"), ("last", "last"))
 
 
-def write_results(root, name, frame) -> None:
-    """``frame`` as the finished records of experiment ``name`` on the demo model, with the metadata a run writes
+def write_results(root, name, frame, model=DEMO) -> None:
+    """``frame`` as the finished records of experiment ``name`` on ``model``, with the metadata a run writes
     (for an experiment of the study: its configuration and fingerprint, its inputs' records already there)."""
     from avmech.experiment import fingerprint, load_inputs
 
-    d = root / name / DEMO
+    d = root / name / model
     d.mkdir(parents=True)
-    frame.assign(experiment=name, model=DEMO, dataset="av-speakerbench").to_parquet(d / "records.parquet")
-    config = {"name": name, "model": DEMO, "data": {"dataset": "av-speakerbench", "root": "synthetic"}}
+    frame.assign(experiment=name, model=model, dataset="av-speakerbench").to_parquet(d / "records.parquet")
+    config = {"name": name, "model": model, "data": {"dataset": "av-speakerbench", "root": "synthetic"}}
     if (make.EXPERIMENTS / f"{name}.toml").exists():
-        exp = load_experiment(make.EXPERIMENTS / f"{name}.toml", model=DEMO)
+        exp = load_experiment(make.EXPERIMENTS / f"{name}.toml", model=model)
         config = exp.model_dump()
         (d / "fingerprint.json").write_text(json.dumps(fingerprint(exp, inputs=load_inputs(exp, root)), default=str))
     (d / "config.json").write_text(json.dumps(config, default=str))
@@ -126,7 +126,8 @@ def test_mean_ci_is_mean_plus_minus_1_96_sem():
 def test_demo_models_are_the_embedded_ones():
     from avmech.models import embedded
 
-    assert common.DEMO_MODELS == set(embedded())
+    assert common.DEMO_MODELS | common.PLANTED_MODELS == set(embedded())
+    assert not common.DEMO_MODELS & common.PLANTED_MODELS
 
 
 # ---- figures -----------------------------------------------------------------------------
@@ -485,3 +486,21 @@ def test_reliance_sets_removal_beside_knockout_per_task():
     bars = {b.get_gid(): b.get_height() for ax in fig.axes for b in ax.patches if b.get_gid()}
     assert bars[f"{DEMO}|accuracy|no_video|{VISUAL}"] == 0 and bars[f"{DEMO}|accuracy|no_audio|{VISUAL}"] == 100
     assert "Not applied (nothing to remove): 1 records" in footnotes(fig)
+
+
+def test_planted_check_states_each_expectation_and_whether_it_holds():
+    edges = (("audio_tokens", "last"), ("video", "last"), ("video", "question_block"), ("audio_tokens", "question_block"))
+    records = knockout(edges, model="planted-omni")
+    # dp_of: edges into last lower p by 10-62%, others raise it by 10-62%; samples s1-s3 answer by sound,
+    # s1 alone by sight
+    numbers = {e.name: e for e in registry.entries()}["table_planted_check"].numbers
+    t = numbers(records)
+    rows = {(r.category, r.edge): r for r in t.itertuples()}
+    hit = rows[SPEAKER, "audio_tokens->last"]  # mean over s1-s3 at centre 0: -(0.1 + 0.2 + 0.6) / 3 = -0.3
+    assert hit.expected == "<= -50%" and hit.dp_pct == pytest.approx(100 * -(0.9 + 0.03 * 2) / 3) and not hit.holds
+    spared = rows[SPEAKER, "video->question_block"]  # the largest |mean| over centres: centre 2, 0.32 + 0.02
+    assert spared.dp_pct == pytest.approx(100 * (0.9 + 0.06) / 3) and not spared.holds
+    assert rows[VISUAL, "audio_tokens->last"].dp_pct == pytest.approx(-12.0) and rows[VISUAL, "audio_tokens->last"].holds
+    assert (VISUAL, "video->question_block") not in rows  # the answering stream into the question: no expectation
+    with pytest.raises(FileNotFoundError, match="no planted model"):  # a random model: nothing is known in advance
+        numbers(knockout(edges))

@@ -54,6 +54,7 @@ def hand_made_results(root, skip=()) -> None:
         if name in skip:
             continue
         write_results(root, name, frame)
+    write_results(root, "av_video_knockout", av.assign(model="planted-omni"), model="planted-omni")
     (root / "layout" / DEMO).mkdir(parents=True)
     (root / "layout" / DEMO / "layout.json").write_text(json.dumps(layout_json()))
 
@@ -63,7 +64,7 @@ def test_the_registry_is_the_one_list_of_figures():
     scripts = {p.stem for p in Path(make.__file__).parent.glob("*.py")} - {
         "__init__", "__main__", "common", "registry", "make", "index"}
     assert {e.module.split(".")[-1] for e in entries} == scripts  # every script declares, nothing else does
-    assert len({e.name for e in entries}) == len(entries) == 12
+    assert len({e.name for e in entries}) == len(entries) == 13
     for e in entries:
         assert not hasattr(__import__(e.module, fromlist=["x"]), "main")  # no per-script main tails
     studied = {x for e in entries for x in e.experiments}
@@ -122,11 +123,20 @@ def test_driver_runs_each_experiment_after_those_it_reads(tmp_path, monkeypatch)
         make.run_missing(tmp_path, make.EXPERIMENTS, (DEMO,), lambda name, seed: avmech.load(name))
 
 
-def test_the_demo_runs_both_families_of_the_study():
+def test_the_demo_runs_both_families_of_the_study_and_the_planted_model():
     from avmech.models import embedded
 
     families = {name: family.name for name, family in embedded().items()}
-    assert [families[m] for m in make.DEMO] == ["qwen2.5-omni", "video-salmonn2+"]
+    assert [families[m] for m in make.DEMO] == ["qwen2.5-omni", "qwen2.5-omni", "video-salmonn2+"]
+    assert make.DEMO[0] == "planted-omni"
+
+
+def test_a_planted_model_runs_the_experiments_of_its_data_on_its_planted_questions():
+    exps = make.experiments_for("planted-omni", make.EXPERIMENTS)
+    assert exps and {e.data.dataset for e in exps} == set(make.PLANTED_DATASETS)
+    assert {e.data.root for e in exps} == {"planted"} and {e.model for e in exps} == {"planted-omni"}
+    assert "av_video_knockout" in {e.name for e in exps} and "interleaved_knockout" not in {e.name for e in exps}
+    assert {e.data.root for e in make.experiments_for("tiny-omni", make.EXPERIMENTS)} == {"synthetic"}
 
 
 def test_layout_file_is_the_prepared_token_map(tmp_path, omni):

@@ -10,7 +10,8 @@ module's docstring shows it): ``"av-speakerbench"`` (:mod:`.speakerbench`),
 sample has its options without letter prefixes, ``answer`` the index of the correct one,
 ``prompt_format`` the benchmark's preset, a stable ``id`` ``"<name>/<question id>"`` and
 its task/category fields in ``meta``.  :mod:`.synthetic` writes small sets in the same
-layouts: the embedded demo data and the test data.
+layouts: the embedded demo data and the test data; :mod:`.planted` the tasks the planted
+demo models are trained on.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from avmech.data import odyssey, speakerbench, synthetic, worldsense
+from avmech.data import odyssey, planted, speakerbench, synthetic, worldsense
 from avmech.data.common import NAMES
 from avmech.errors import InputError
 from avmech.sample import AVSample
@@ -53,4 +54,4 @@ def read(
     return _READERS[name](root, split=split, limit=limit, select=select, **options)
 
 
-__all__ = ["NAMES", "odyssey", "read", "speakerbench", "synthetic", "worldsense"]
+__all__ = ["NAMES", "odyssey", "planted", "read", "speakerbench", "synthetic", "worldsense"]

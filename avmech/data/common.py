@@ -165,3 +165,23 @@ class ZippedMedia:
             if os.path.exists(tmp):
                 os.remove(tmp)
         return target
+
+
+def build_once(path: Path, write) -> Path:
+    """The folder ``path``, written by ``write(folder)`` unless it exists: in a temporary folder renamed when
+    complete, so a crash or a concurrent writer never leaves a partial set."""
+    if path.is_dir():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
+    try:
+        write(tmp)
+        try:
+            os.replace(tmp, path)
+        except OSError:  # another process finished first
+            if not path.is_dir():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path

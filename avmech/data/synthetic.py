@@ -44,8 +44,6 @@ import io
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +55,7 @@ import soundfile as sf
 from PIL import Image
 
 from avmech import media
-from avmech.data.common import NAMES
+from avmech.data.common import NAMES, build_once
 from avmech.errors import InputError
 from avmech.sample import LETTERS
 
@@ -369,18 +367,4 @@ def ensure(name: str, root: str | Path | None = None, n: int = 24, seed: int = 0
     _check(name, n, seconds)
     length = "" if seconds is None else f"-{seconds:g}s"
     path = Path(root if root is not None else cache_root()) / f"{name}-n{n}-seed{seed}{length}-v{VERSION}"
-    if path.is_dir():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}-"))
-    try:
-        write(name, tmp, n=n, seed=seed, seconds=seconds)
-        try:
-            os.replace(tmp, path)
-        except OSError:  # another process finished first
-            if not path.is_dir():
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return path
+    return build_once(path, lambda folder: write(name, folder, n=n, seed=seed, seconds=seconds))

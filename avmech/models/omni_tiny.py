@@ -122,9 +122,14 @@ OMNI_SIZES = {
 def save_omni(name: str, path: Path, seed: int = 0) -> None:
     """Build the embedded model ``name`` with ``seed`` and save it as a checkpoint at ``path``,
     with its media policy (the processor's pixel budget for frames and images)."""
+    overrides, pixels = OMNI_SIZES[name]
+    write_omni(path, seed, overrides, pixels)
+
+
+def write_omni(path: Path, seed: int, overrides: dict, pixels: dict) -> None:
+    """A random model of `omni_config` with ``overrides`` and the processor's ``pixels`` budget, saved at ``path``."""
     from transformers import Qwen2_5OmniThinkerForConditionalGeneration
 
-    overrides, pixels = OMNI_SIZES[name]
     processor = build_omni_processor(**pixels)
     config = omni_config(processor.tokenizer, **overrides)
     torch.manual_seed(seed)

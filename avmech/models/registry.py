@@ -15,6 +15,7 @@ weights with their processor, the family read from ``config.json``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,16 @@ from typing import Any
 import torch
 
 from avmech.errors import ModelError
-from avmech.models import omni, qwen3_omni, salmonn
+from avmech.models import omni, planted, qwen3_omni, salmonn
 from avmech.models.base import MEDIA_POLICY_FILE, AVModel, Family
 from avmech.models.tiny import cache_dir
 
-FAMILIES: tuple[Family, ...] = (omni.FAMILY, salmonn.FAMILY, qwen3_omni.FAMILY)
+# Each family with its embedded models: the random ones its adapter declares, and the planted
+# (trained) ones of `avmech.models.planted`.
+FAMILIES: tuple[Family, ...] = tuple(
+    dataclasses.replace(f, embedded={**f.embedded, **planted.builders(f.name)})
+    for f in (omni.FAMILY, salmonn.FAMILY, qwen3_omni.FAMILY)
+)
 
 # Bumped whenever an embedded builder changes, so a cache never serves a stale model.
 EMBEDDED_VERSION = 3
@@ -38,13 +44,20 @@ def embedded() -> dict[str, Family]:
 
 
 def embedded_path(name: str, seed: int) -> Path:
-    """The on-disk checkpoint of an embedded model, built on first use."""
-    path = cache_dir() / f"{name}-seed{seed}-v{EMBEDDED_VERSION}"
+    """The on-disk checkpoint of an embedded model, built on first use (one builder at a time:
+    a second process waits for the first). A builder's ``cache_tag`` (a trained model's recipe
+    digest) is part of the folder name."""
+    build = embedded()[name].embedded[name]
+    path = cache_dir() / f"{name}-seed{seed}{getattr(build, 'cache_tag', '')}-v{EMBEDDED_VERSION}"
     if not (path / "config.json").exists():
+        from filelock import FileLock
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-        embedded()[name].embedded[name](path, seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(path.parent / f".{path.name}.lock"):
+            if not (path / "config.json").exists():
+                build(path, seed)
     return path
 
 

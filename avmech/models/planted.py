@@ -1,0 +1,273 @@
+"""Planted-pathway demo models: small real architectures trained so the answer's route is known.
+
+A flow is only as good as its ability to find a pathway that exists. Interpretability
+methods are checked on models whose mechanism is known (InterpBench, Tracr); these are
+avmech's. ``planted-omni`` is the Qwen2.5-Omni thinker (real classes, real vocabulary,
+real processor) at a small width, trained here, on CPU, on the planted tasks of
+`avmech.data.planted`: multiple-choice questions whose answer is in the sound only
+(the pitch of a tone, the number of beeps) or in the frames only (the colour of a
+shape, the way it moves), the other stream drawn at random. So, before any flow runs,
+we know which tokens must carry the answer to the last position, and the known-answer
+tests (``tests/test_planted.py``) check that the knockouts, the sweeps, the attention
+readouts and token discarding say so.
+
+The recipe, all of it in `Recipe` (one entry of `RECIPES` per model):
+
+1. Build the random model of the real architecture. Its encoders stay frozen at their
+   random weights, the audio encoder's input convolutions scaled up (``audio_gain``) so
+   that the sound, not the random biases and positions, dominates what it emits (a
+   tone's pitch and the beeps become directions a linear readout finds; the frames need
+   no such help once the shape fills a merged patch, see `avmech.data.planted`).
+2. Write the training questions in the released AV-SpeakerBench layout (seeds of their
+   own: the experiments read seed 0, the held-out check another) and run each through
+   the model's own ``prepare`` and ``encode``: the LLM's inputs are exactly what every
+   later trace starts from.
+3. Train the LLM (decoder layers, final norm, unembedding; the token embeddings stay
+   as they are) on the cross-entropy, over the full vocabulary, of the correct option
+   letter at the last position and of the end of the turn after it (so greedy decoding
+   answers with the letter and stops): AdamW, mini-batches, a linear warm-up and a
+   cosine decay, gradients clipped. `train` is the whole loop.
+4. Measure held-out accuracy per task, save it beside the weights (``planted.json``,
+   with the recipe and the measured times) and save the model as an ordinary checkpoint.
+
+Everything is seeded: the same recipe gives the same model. The cache key holds the
+digest of the recipe and of the code that carries it out, so a changed recipe is a new
+model, never a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from jaxtyping import Float, Int
+
+from avmech.data import planted, read
+from avmech.models.base import MEDIA_POLICY_FILE, AVModel
+
+PLANTED_FILE = "planted.json"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a planted model: its size, its data and its training."""
+
+    family: str = "qwen2.5-omni"
+    d_model: int = 64
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    d_mlp: int = 256
+    audio_gain: float = 16.0
+    n_train: int = 1200  # questions of the audio-visual video configuration
+    steps: int = 1000
+    batch: int = 32
+    lr: float = 1e-3
+    warmup: int = 100
+    weight_decay: float = 0.0
+    seed: int = 0
+    tasks: tuple[str, ...] = planted.TRAINED
+    variants: tuple[str, ...] = planted.TRAINED_VARIANTS
+    n_eval: int = 200
+
+    def digest(self) -> str:
+        """Eight hex digits naming this recipe in the cache: its fields and the code that carries it
+        out (this module and the task generator), so that no edit can leave a stale model."""
+        code = "".join(Path(module.__file__).read_text() for module in (sys.modules[__name__], planted))
+        return hashlib.sha256((json.dumps(asdict(self), sort_keys=True) + code).encode()).hexdigest()[:8]
+
+
+@dataclass
+class Example:
+    """One training question as the LLM sees it, answered: the prompt's embeddings and positions
+    with the correct letter appended, and what follows the last two positions (the letter, then
+    the end of the turn, so that greedy decoding says the letter and stops)."""
+
+    embeds: Float[torch.Tensor, "pos d_model"]
+    positions: Int[torch.Tensor, "axis pos"]
+    answer_id: int
+    end_id: int
+    letter_ids: tuple[int, ...]
+    task: str
+
+
+def _examples(m: AVModel, samples, progress: str) -> list[Example]:
+    from tqdm import tqdm
+
+    end = m.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    embed = m.hf.get_input_embeddings()
+    out = []
+    for s in tqdm(samples, desc=progress, leave=False):
+        p = m.prepare(s)
+        e = m.encode(p)
+        answer = p.answer_ids[s.answer]
+        with torch.no_grad():
+            embeds = torch.cat([e.inputs_embeds[0], embed(torch.tensor([answer]))])
+        positions = torch.cat([e.position_ids[:, 0], e.position_ids[:, 0, -1:] + 1], dim=1)
+        out.append(Example(embeds, positions, answer, end, tuple(p.answer_ids), s.meta.get("task_id", "")))
+    return out
+
+
+def _batch(examples: list[Example]):
+    """Right-padded inputs: embeddings, positions (continued past each end), mask, last index."""
+    n, d = max(len(e.embeds) for e in examples), examples[0].embeds.shape[-1]
+    embeds = torch.zeros(len(examples), n, d)
+    positions = torch.zeros(3, len(examples), n, dtype=torch.long)
+    mask = torch.zeros(len(examples), n, dtype=torch.long)
+    for i, e in enumerate(examples):
+        k = len(e.embeds)
+        embeds[i, :k], positions[:, i, :k], mask[i, :k] = e.embeds, e.positions, 1
+        positions[:, i, k:] = e.positions[:, -1:] + torch.arange(1, n - k + 1)
+    last = mask.sum(1) - 1
+    return embeds, positions, mask, last
+
+
+def _answer_logits(m: AVModel, examples: list[Example]) -> Float[torch.Tensor, "batch 2 d_vocab"]:
+    """The logits at the prompt's last position (the letter's) and at the letter (the end's)."""
+    embeds, positions, mask, last = _batch(examples)
+    hidden = m.llm_module(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
+                          use_cache=False).last_hidden_state
+    rows = torch.arange(len(examples))[:, None]
+    return m.lm_head_module(hidden[rows, torch.stack([last - 1, last], dim=1)])
+
+
+def accuracy(m: AVModel, examples: list[Example]) -> dict[str, float]:
+    """Per task, the share of questions whose most probable option letter is the correct one."""
+    hits = defaultdict(list)
+    with torch.no_grad():
+        for i in range(0, len(examples), 64):
+            chunk = examples[i:i + 64]
+            logits = _answer_logits(m, chunk)[:, 0]
+            for e, row in zip(chunk, logits):
+                letters = list(e.letter_ids)
+                hits[e.task].append(letters[int(row[letters].argmax())] == e.answer_id)
+    return {task: sum(h) / len(h) for task, h in sorted(hits.items())}
+
+
+def train(m: AVModel, examples: list[Example], recipe: Recipe, evaluate: list[Example] | None = None,
+          every: int = 250) -> list[dict]:
+    """Train ``m``'s LLM on ``examples``; the log of (step, loss[, held-out accuracy every ``every`` steps]) rows."""
+    from tqdm import tqdm
+
+    for p in m.hf.parameters():
+        p.requires_grad_(False)
+    params = [p for n, p in m.llm_module.named_parameters() if "embed_tokens" not in n]
+    params += list(m.lm_head_module.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=recipe.lr, betas=(0.9, 0.98), weight_decay=recipe.weight_decay)
+
+    def schedule(step: int) -> float:
+        if step < recipe.warmup:
+            return (step + 1) / recipe.warmup
+        done = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * done))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    g = torch.Generator().manual_seed(recipe.seed)
+    log, smooth, start = [], None, time.time()
+    m.llm_module.train()
+    bar = tqdm(range(recipe.steps), desc=f"training a planted {recipe.family}", leave=False)
+    for step in bar:
+        chunk = [examples[int(i)] for i in torch.randint(len(examples), (recipe.batch,), generator=g)]
+        logits = _answer_logits(m, chunk)
+        targets = torch.tensor([[e.answer_id, e.end_id] for e in chunk])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
+        bar.set_postfix(loss=f"{smooth:.3f}")
+        row = {"step": step, "loss": smooth, "seconds": time.time() - start}
+        if evaluate and (step + 1) % every == 0:
+            m.llm_module.eval()
+            row["accuracy"] = accuracy(m, evaluate)
+            m.llm_module.train()
+        log.append(row)
+    m.llm_module.eval()
+    for p in params:
+        p.requires_grad_(False)
+    return log
+
+
+# name -> its recipe. The cache key is the name, the seed and the recipe's digest.
+RECIPES = {
+    "planted-omni": Recipe(family="qwen2.5-omni"),
+}
+
+
+def builders(family: str) -> dict[str, Builder]:
+    """The planted models of ``family`` (a `Family` name), name -> builder."""
+    return {name: Builder(name) for name, r in RECIPES.items() if r.family == family}
+
+
+def _gain(m: AVModel, recipe: Recipe) -> None:
+    """Scale the audio encoder's input convolutions by ``audio_gain``."""
+    tower = m.hf.get_submodule(m.paths["audio_encoder"])
+    with torch.no_grad():
+        tower.conv1.weight.mul_(recipe.audio_gain)
+        tower.conv2.weight.mul_(recipe.audio_gain)
+
+
+def _questions(recipe: Recipe, dataset: str, root: Path, n: int, seed: int):
+    return read(dataset, planted.write(dataset, root, n=n, seed=seed, tasks=recipe.tasks, variants=recipe.variants))
+
+
+@dataclass(frozen=True)
+class Builder:
+    """The registry's builder of the planted model ``name``; its cache tag is the recipe's digest."""
+
+    name: str
+
+    @property
+    def cache_tag(self) -> str:
+        return f"-{RECIPES[self.name].digest()}"
+
+    def __call__(self, path: Path, seed: int) -> None:
+        build(self.name, path, seed)
+
+
+def build(name: str, path: Path, seed: int = 0) -> None:
+    """Train the planted model ``name`` with ``seed`` and save it at ``path`` (see the module docstring)."""
+    from avmech.models.omni import load_omni
+    from avmech.models.omni_tiny import write_omni
+    from avmech.models.tiny import write_atomically
+
+    recipe = RECIPES[name]
+    torch.manual_seed(recipe.seed + seed)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        size = dict(d_model=recipe.d_model, n_layers=recipe.n_layers, n_heads=recipe.n_heads,
+                    n_kv_heads=recipe.n_kv_heads, d_mlp=recipe.d_mlp)
+        write_omni(tmp / "random", recipe.seed + seed, size, dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16))
+        policy = json.loads((tmp / "random" / MEDIA_POLICY_FILE).read_text())
+        m = load_omni(tmp / "random", name=name, media_policy=policy, dtype=torch.float32)
+        _gain(m, recipe)
+        start = time.time()
+        examples = _examples(m, _questions(recipe, "av-speakerbench", tmp / "train", recipe.n_train, 1000 + seed),
+                             f"{name}: encoding the training set")
+        held_out = _examples(m, _questions(recipe, "av-speakerbench", tmp / "held-out", recipe.n_eval, 2000 + seed),
+                             f"{name}: encoding the held-out set")
+        prepared = time.time() - start
+        log = train(m, examples, recipe)
+        report = {"recipe": asdict(recipe) | {"digest": recipe.digest()}, "seconds_data": round(prepared, 1),
+                  "seconds_training": round(log[-1]["seconds"], 1), "final_loss": log[-1]["loss"],
+                  "held_out_accuracy": accuracy(m, held_out), "n_held_out": len(held_out)}
+
+        def write(folder: Path) -> None:
+            m.hf.save_pretrained(folder)
+            m.processor.save_pretrained(folder)
+            (folder / MEDIA_POLICY_FILE).write_text(json.dumps(policy))
+            (folder / PLANTED_FILE).write_text(json.dumps(report, indent=2) + "\n")
+
+        write_atomically(path, write)
