@@ -9,7 +9,7 @@
    other inputs, are an error naming the folder), on each demo model or on the ``--model``
    given; each experiment after the experiments whose records it reads (its ``[inputs]``
    table, `avmech.experiment.in_order`). The demo models: ``planted-omni`` (trained on the
-   planted tasks on first use, minutes; `avmech.models.planted`), which runs the
+   planted tasks on first use, about 7 minutes; `avmech.models.planted`), which runs the
    experiments on the data set it was trained on (AV-SpeakerBench's layout) with its
    planted questions (``root = "planted"``), and ``tiny-omni`` and ``tiny-salmonn``
    (random weights, one per family), which run every experiment on the synthetic sets.

@@ -153,3 +153,14 @@ def test_the_sweep_and_the_attention_readout_agree_on_where_video_moves(planted_
     # where cutting from a layer on changes nothing, the last position barely looks at the video
     idle = [l for l in range(planted_omni.n_layers) if onwards[l] > 0.98]
     assert idle and all(mass[l] < 0.5 * mass.max() for l in idle), (onwards, mass)
+
+
+@pytest.mark.integration
+def test_a_model_that_did_not_learn_is_refused_not_saved(tmp_path, monkeypatch):
+    from avmech.errors import ModelError
+    from avmech.models import planted as recipe
+
+    monkeypatch.setitem(recipe.RECIPES, "planted-omni", Recipe(n_train=8, n_eval=8, steps=1, warmup=1))
+    with pytest.raises(ModelError, match="did not learn its tasks"):
+        recipe.build("planted-omni", tmp_path / "model")
+    assert not (tmp_path / "model").exists()

@@ -51,9 +51,12 @@ import torch
 from jaxtyping import Float, Int
 
 from avmech.data import planted, read
+from avmech.errors import ModelError
 from avmech.models.base import MEDIA_POLICY_FILE, AVModel
 
 PLANTED_FILE = "planted.json"
+# A trained model answering any task less often than this is not saved: its route would not be known.
+MIN_ACCURACY = 0.9
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ class Recipe:
     d_mlp: int = 256
     audio_gain: float = 16.0
     n_train: int = 1200  # questions of the audio-visual video configuration
-    steps: int = 1000
+    steps: int = 1400
     batch: int = 32
     lr: float = 1e-3
     warmup: int = 100
@@ -263,6 +266,10 @@ def build(name: str, path: Path, seed: int = 0) -> None:
         report = {"recipe": asdict(recipe) | {"digest": recipe.digest()}, "seconds_data": round(prepared, 1),
                   "seconds_training": round(log[-1]["seconds"], 1), "final_loss": log[-1]["loss"],
                   "held_out_accuracy": accuracy(m, held_out), "n_held_out": len(held_out)}
+        if min(report["held_out_accuracy"].values()) < MIN_ACCURACY:
+            raise ModelError(f"{name} did not learn its tasks (held-out accuracy {report['held_out_accuracy']}, below "
+                             f"{MIN_ACCURACY:.0%} on some; recipe {recipe.digest()}): it was not saved, since its "
+                             "pathways would not be known; report this with your torch version")
 
         def write(folder: Path) -> None:
             m.hf.save_pretrained(folder)
