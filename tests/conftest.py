@@ -38,7 +38,10 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(items):
     for item in items:
         if not any(item.get_closest_marker(t) for t in TIERS):
-            item.add_marker("integration" if MODEL_FIXTURES & set(item.fixturenames) else "unit")
+            # a model fixture asked for by name, or by a parameter naming it (request.getfixturevalue)
+            params = {v for v in getattr(getattr(item, "callspec", None), "params", {}).values() if isinstance(v, str)}
+            uses_model = MODEL_FIXTURES & (set(item.fixturenames) | params)
+            item.add_marker("integration" if uses_model else "unit")
 
 
 @pytest.fixture(autouse=True)
