@@ -22,13 +22,13 @@ from pathlib import Path
 
 import json
 
-import numpy as np
 import pandas as pd
 import pytest
 from nnsight.schema.request import RequestModel
 from typer.testing import CliRunner
 
 from avmech.cli import app
+from test_remote import _equal_records
 
 pytestmark = pytest.mark.ndif
 HOST = os.environ.get("AVMECH_NDIF_HOST")
@@ -66,11 +66,4 @@ def test_an_experiment_on_the_server_gives_the_local_records(server, experiment,
         monkeypatch.setattr(RequestModel, "metadata", lambda self: json.dumps({**json.loads(envelope(self)),
                                                                                "trusted": False}))
     remote = _run(experiment, "ndif", tmp_path / "ndif", monkeypatch)
-    assert list(local.columns) == list(remote.columns) and len(local) == len(remote) > 0
-    for col in local.columns:
-        if col.endswith("_ms"):
-            continue
-        if local[col].dtype.kind == "f":
-            np.testing.assert_allclose(remote[col], local[col], atol=ATOL, rtol=0, err_msg=col)
-        else:
-            assert local[col].equals(remote[col]), col
+    _equal_records(local, remote, atol=ATOL)
