@@ -31,7 +31,7 @@ from matplotlib.ticker import MaxNLocator
 # avmech's embedded models (tests keep these in sync): random-weight models of the real
 # architectures, and planted ones, trained on synthetic tasks whose answer's route is known.
 DEMO_MODELS = frozenset({"tiny-omni", "tiny-salmonn", "tiny-qwen3-omni", "bench-omni"})
-PLANTED_MODELS = frozenset({"planted-omni"})
+PLANTED_MODELS = frozenset({"planted-omni", "planted-salmonn"})
 DEMO_MARK = "RANDOM demo model — not a finding"
 PLANTED_MARK = "planted demo model (trained on synthetic tasks; pathways known)"
 RECORDS = "records.parquet"

@@ -8,10 +8,11 @@
    is missing (a half-done run resumes; finished records of another configuration, or of
    other inputs, are an error naming the folder), on each demo model or on the ``--model``
    given; each experiment after the experiments whose records it reads (its ``[inputs]``
-   table, `avmech.experiment.in_order`). The demo models: ``planted-omni`` (trained on the
-   planted tasks on first use, about 7 minutes; `avmech.models.planted`), which runs the
-   experiments on the data set it was trained on (AV-SpeakerBench's layout) with its
-   planted questions (``root = "planted"``), and ``tiny-omni`` and ``tiny-salmonn``
+   table, `avmech.experiment.in_order`). The demo models: ``planted-omni`` and
+   ``planted-salmonn`` (trained on the planted tasks on first use, about 7 and 5 minutes;
+   `avmech.models.planted`), which run the experiments on the data set they were trained on
+   (AV-SpeakerBench's layout) with its planted questions (``root = "planted"``), and
+   ``tiny-omni`` and ``tiny-salmonn``
    (random weights, one per family), which run every experiment on the synthetic sets.
 2. Writes ``results/layout/<model>/layout.json``, the TokenMap of the first sample of
    ``av_video_knockout`` and of ``interleaved_knockout`` (in the study's layout and in the
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from paper_figures import index, layout_strip, registry
 
-DEMO = ("planted-omni", "tiny-omni", "tiny-salmonn")
+DEMO = ("planted-omni", "planted-salmonn", "tiny-omni", "tiny-salmonn")
 # The data sets the planted models are trained on (`avmech.data.planted.TRAINED` in AV-SpeakerBench's layout).
 PLANTED_DATASETS = ("av-speakerbench",)
 LAYOUT_FROM = ("av_video_knockout", "interleaved_knockout")

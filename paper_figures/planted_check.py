@@ -38,7 +38,7 @@ def table(records: pd.DataFrame) -> pd.DataFrame:
     rows = []
     planted = records[records["model"].map(common.is_planted)]
     if planted.empty:
-        raise FileNotFoundError("no planted model among the av_video_knockout records (make figures runs planted-omni)")
+        raise FileNotFoundError("no planted model among the av_video_knockout records (make figures runs planted-omni and planted-salmonn)")
     for model in common.order_models(planted["model"].unique()):
         for category, answering in ANSWERED_BY.items():
             g = planted[(planted["model"] == model) & (planted["category"] == category)]

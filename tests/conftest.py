@@ -25,7 +25,7 @@ from avmech import media
 from avmech.models.base import MEDIA_POLICY_FILE
 
 MODEL_FIXTURES = frozenset({"omni", "omni_eager", "salmonn", "salmonn_eager", "qwen3_omni", "qwen3_omni_eager",
-                            "planted_omni", "planted_omni_dir"})
+                            "planted_omni", "planted_omni_dir", "planted_salmonn", "planted_salmonn_dir"})
 TIERS = ("unit", "integration", "slow", "real", "ndif")
 
 
@@ -111,9 +111,8 @@ def qwen3_omni_eager():
     return avmech.load("tiny-qwen3-omni", seed=0, attn_implementation="eager")
 
 
-@pytest.fixture(scope="session")
-def planted_omni_dir():
-    """``planted-omni``'s checkpoint in the user's cache (trained there on first use, minutes on
+def _planted_dir(name: str):
+    """A planted model's checkpoint in the user's cache (trained there on first use, minutes on
     all cores; `make figures` then reuses it): its recipe's digest names it, so a changed recipe
     trains a new one."""
     from avmech.models.registry import embedded_path
@@ -126,10 +125,20 @@ def planted_omni_dir():
     threads = torch.get_num_threads()
     torch.set_num_threads(os.cpu_count() or 1)
     try:
-        return embedded_path("planted-omni", 0)
+        return embedded_path(name, 0)
     finally:
         os.environ["AVMECH_CACHE"] = test_cache
         torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def planted_omni_dir():
+    return _planted_dir("planted-omni")
+
+
+@pytest.fixture(scope="session")
+def planted_salmonn_dir():
+    return _planted_dir("planted-salmonn")
 
 
 @pytest.fixture(scope="session")
@@ -138,6 +147,14 @@ def planted_omni(planted_omni_dir):
 
     policy = json.loads((planted_omni_dir / MEDIA_POLICY_FILE).read_text())
     return load_omni(planted_omni_dir, name="planted-omni", media_policy=policy, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def planted_salmonn(planted_salmonn_dir):
+    from avmech.models.salmonn import load_salmonn
+
+    policy = json.loads((planted_salmonn_dir / MEDIA_POLICY_FILE).read_text())
+    return load_salmonn(planted_salmonn_dir, name="planted-salmonn", media_policy=policy, dtype=torch.float32)
 
 
 @pytest.fixture(scope="session")

@@ -127,8 +127,8 @@ def test_the_demo_runs_both_families_of_the_study_and_the_planted_model():
     from avmech.models import embedded
 
     families = {name: family.name for name, family in embedded().items()}
-    assert [families[m] for m in make.DEMO] == ["qwen2.5-omni", "qwen2.5-omni", "video-salmonn2+"]
-    assert make.DEMO[0] == "planted-omni"
+    assert [families[m] for m in make.DEMO] == ["qwen2.5-omni", "video-salmonn2+", "qwen2.5-omni", "video-salmonn2+"]
+    assert make.DEMO[:2] == ("planted-omni", "planted-salmonn")
 
 
 def test_a_planted_model_runs_the_experiments_of_its_data_on_its_planted_questions():

@@ -1,9 +1,11 @@
 """Known-answer tests: the flows on a model whose pathways were planted by training.
 
-``planted-omni`` answers questions whose answer is in the sound only (pitch, beeps) or in
-the frames only (colour, motion). So the answer must travel from that modality's tokens
-to the last position, and the other modality carries nothing it needs: each flow is
-checked against that, not against numbers it produced before.
+``planted-omni`` and ``planted-salmonn`` answer questions whose answer is in the sound only
+(pitch, beeps) or in the frames only (colour, motion). So the answer must travel from that
+modality's tokens to the last position, and the other modality carries nothing it needs:
+each flow is checked against that, not against numbers it produced before. The sound's
+tokens are the group ``audio_tokens``: in video-SALMONN 2+ the tokens of the padding
+silence (``audio_pad``) come from a Whisper window that heard the tone, so they may carry it.
 """
 
 from __future__ import annotations
@@ -20,6 +22,11 @@ from avmech.errors import InputError
 from avmech.models.planted import PLANTED_FILE, RECIPES, Recipe
 
 MODALITIES = ("audio", "video")
+GROUPS = {"audio": "audio_tokens", "video": "video"}
+# planted-salmonn trains in about 6 minutes on 2 cores, too long for the default suite on top of
+# planted-omni: its known-answer tests are slow (`make test-slow`); `make figures` builds it and
+# checks its pathways in table_planted_check.
+PLANTED = ("planted_omni", pytest.param("planted_salmonn", marks=pytest.mark.slow))
 
 
 def modality(sample) -> str:
@@ -76,28 +83,60 @@ def test_a_changed_recipe_is_a_new_model():
 
 # ---- the known answers -----------------------------------------------------------------
 
+# Where planted-salmonn's flows do not show the planted routes (measured and reported in the
+# README, "Planted pathways"; see test_planted_salmonn_leans_on_padding_that_no_video_reaches).
+# Strict: should one of them start to hold, it fails here, to be looked at again.
+SALMONN_DIVERGES = {
+    "test_cutting_a_modality_silences_its_tasks_and_spares_the_others[planted_salmonn-audio]":
+        "cutting the sound's tokens lowers p on the frame tasks to x0.42: its padding tokens matter to them",
+    "test_cutting_a_modality_silences_its_tasks_and_spares_the_others[planted_salmonn-video]":
+        "cutting the frames lowers p on the sound tasks to x0.76: the frames interleaved after each "
+        "audio chunk relay some of the sound (audio -> video alone: x0.79)",
+    "test_discarding_after_the_transfer_keeps_the_answer_and_before_it_destroys_it[planted_salmonn-video]":
+        "the frames are still read in the last layer (cut from layer 3 on: x0.76)",
+    "test_the_sweep_and_the_attention_readout_agree_on_where_video_moves[planted_salmonn]":
+        "single-layer cuts place the frames' transfer in layer 0, attention to them peaks in layer 3",
+}
+
+
+@pytest.fixture(scope="module", params=PLANTED)
+def planted_model(request):
+    return request.getfixturevalue(request.param)
+
+
+@pytest.fixture(autouse=True)
+def _known_divergences(request):
+    reason = SALMONN_DIVERGES.get(request.node.name)
+    if reason:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+
+
 @pytest.fixture(scope="module")
-def planted_runs(planted_omni):
-    """Per sample of the experiments' planted set (seed 0): its modality, the plain run, and
-    the runs with that modality's or the other one's edges into all later tokens cut."""
-    samples = data.read("av-speakerbench", planted.ensure("av-speakerbench", n=40))
+def planted_runs(planted_model):
+    """Per sample of the experiments' planted set (seed 0) of a task the model is trained on: its
+    modality, the plain run, and the runs with that modality's or the other one's edges into all
+    later tokens cut."""
+    tasks = RECIPES[planted_model.name].tasks
+    samples = data.read("av-speakerbench", planted.ensure("av-speakerbench", n=40, tasks=tasks))
     out = []
     for s in samples:
-        p = planted_omni.prepare(s)
-        conditions = [[]] + [[AttentionKnockout(g, f"all - {g}", "all")] for g in MODALITIES]
-        base, *cut = planted_omni.run_many(p, conditions)
+        p = planted_model.prepare(s)
+        conditions = [[]] + [[AttentionKnockout(GROUPS[g], f"all - {GROUPS[g]}", "all")] for g in MODALITIES]
+        base, *cut = planted_model.run_many(p, conditions)
         out.append({"sample": s, "p": p, "modality": modality(s), "base": base, "cut": dict(zip(MODALITIES, cut))})
     return out
 
 
-def test_the_planted_model_answers_every_task(planted_omni_dir, planted_runs):
-    report = json.loads((planted_omni_dir / PLANTED_FILE).read_text())
-    assert report["recipe"]["digest"] == RECIPES["planted-omni"].digest()
+def test_the_planted_model_answers_every_task(request, planted_model, planted_runs):
+    folder = request.getfixturevalue(planted_model.name.replace("-", "_") + "_dir")
+    report = json.loads((folder / PLANTED_FILE).read_text())
+    recipe = RECIPES[planted_model.name]
+    assert report["recipe"]["digest"] == recipe.digest()
     assert min(report["held_out_accuracy"].values()) >= 0.95
     by_task = defaultdict(list)
     for r in planted_runs:
         by_task[r["sample"].meta["task_id"]].append(r["base"].correct)
-    assert set(by_task) == {planted.task_label(t, "fixed") for t in planted.TRAINED}
+    assert set(by_task) == {planted.task_label(t, "fixed") for t in recipe.tasks}
     assert {t: np.mean(c) for t, c in by_task.items()} == {t: pytest.approx(1.0, abs=0.05) for t in by_task}
 
 
@@ -116,7 +155,7 @@ def test_cutting_a_modality_silences_its_tasks_and_spares_the_others(planted_run
 def transfer_profile(m, rows, group):
     """Per layer: mean p(correct) ratio with ``group``'s edges into later tokens cut in that layer
     alone, and in that layer and every later one."""
-    n = m.n_layers
+    n, group = m.n_layers, GROUPS[group]
     single, onwards = [], []
     for r in rows:
         conditions = [[AttentionKnockout(group, f"all - {group}", [l])] for l in range(n)]
@@ -129,30 +168,50 @@ def transfer_profile(m, rows, group):
 
 
 @pytest.mark.parametrize("group", MODALITIES)
-def test_discarding_after_the_transfer_keeps_the_answer_and_before_it_destroys_it(planted_omni, planted_runs, group):
-    rows = [r for r in planted_runs if r["modality"] == group]
-    _, onwards = transfer_profile(planted_omni, rows, group)
+def test_discarding_after_the_transfer_keeps_the_answer_and_before_it_destroys_it(planted_model, planted_runs, group):
+    m, rows = planted_model, [r for r in planted_runs if r["modality"] == group]
+    _, onwards = transfer_profile(m, rows, group)
     # the transfer is over after the last layer from which on cutting still moves p by more than 5%
-    moving = [l for l in range(planted_omni.n_layers) if onwards[l] < 0.95]
+    moving = [l for l in range(m.n_layers) if onwards[l] < 0.95]
     assert moving and moving[0] == 0, f"cutting {group} from layer 0 on should matter: {onwards}"
     done = moving[-1]
-    assert done < planted_omni.n_layers - 1, f"{group} is still read in the last layer: {onwards}"
+    assert done < m.n_layers - 1, f"{group} is still read in the last layer: {onwards}"
     base = np.mean([r["base"].correct for r in rows])
-    late = np.mean([planted_omni.run(r["p"], [TokenDrop(group, after_layer=done)]).correct for r in rows])
-    early = np.mean([planted_omni.run(r["p"], [TokenDrop(group, after_layer=-1)]).correct for r in rows])
+    late = np.mean([m.run(r["p"], [TokenDrop(GROUPS[group], after_layer=done)]).correct for r in rows])
+    early = np.mean([m.run(r["p"], [TokenDrop(GROUPS[group], after_layer=-1)]).correct for r in rows])
     assert late >= base - 0.02, f"dropping {group} after layer {done} cost {base - late:.0%} accuracy"
     assert early <= 0.45, f"dropping {group} before layer 0 left {early:.0%} accuracy (chance: 25%)"
 
 
-def test_the_sweep_and_the_attention_readout_agree_on_where_video_moves(planted_omni, planted_runs):
-    rows = [r for r in planted_runs if r["modality"] == "video"]
-    single, onwards = transfer_profile(planted_omni, rows, "video")
+def test_the_sweep_and_the_attention_readout_agree_on_where_video_moves(planted_model, planted_runs):
+    m, rows = planted_model, [r for r in planted_runs if r["modality"] == "video"]
+    single, onwards = transfer_profile(m, rows, "video")
     read = AttentionRead("all", "last", ("video",))
-    mass = np.mean([planted_omni.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in rows], 0)
+    mass = np.mean([m.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in rows], 0)
     assert int(np.argmin(single)) == int(np.argmax(mass)), (single, mass)
     # where cutting from a layer on changes nothing, the last position barely looks at the video
-    idle = [l for l in range(planted_omni.n_layers) if onwards[l] > 0.98]
+    idle = [l for l in range(m.n_layers) if onwards[l] > 0.98]
     assert idle and all(mass[l] < 0.5 * mass.max() for l in idle), (onwards, mass)
+
+
+@pytest.mark.slow
+def test_planted_salmonn_leans_on_padding_that_no_video_reaches(planted_salmonn):
+    """What its flows show instead: on the frame tasks, cutting every edge out of the 55 tokens
+    of the sound's padding silence (audio_pad) halves p(correct), though cutting the frames'
+    edges into the sound's tokens changes nothing, so no frame information passes through
+    them: the text positions lean on the padding as such (the renormalised attention loses
+    the mass it put there), and an edge cut there is not a cut pathway."""
+    samples = data.read("av-speakerbench", planted.ensure("av-speakerbench", n=40))
+    ratios = []
+    for s in samples:
+        if modality(s) != "video":
+            continue
+        base, into_audio, out_of_pad = planted_salmonn.run_many(planted_salmonn.prepare(s), [
+            [], [AttentionKnockout("video", "audio_tokens", "all")],
+            [AttentionKnockout("audio_pad", "all - audio_pad", "all")]])
+        ratios.append((into_audio.p_correct / base.p_correct, out_of_pad.p_correct / base.p_correct))
+    into_audio, out_of_pad = np.mean(ratios, 0)
+    assert into_audio > 0.95 and out_of_pad < 0.7, (into_audio, out_of_pad)
 
 
 @pytest.mark.integration
@@ -164,3 +223,36 @@ def test_a_model_that_did_not_learn_is_refused_not_saved(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="did not learn its tasks"):
         recipe.build("planted-omni", tmp_path / "model")
     assert not (tmp_path / "model").exists()
+
+
+def test_a_qformer_gain_on_a_family_without_a_qformer_is_refused(omni):
+    from avmech.errors import ModelError
+    from avmech.models.planted import _gain
+
+    with pytest.raises(ModelError, match="do not fit the qwen2.5-omni family"):
+        _gain(omni, Recipe(qformer_gain=64.0))
+
+
+@pytest.mark.integration
+def test_the_qformer_gain_lets_the_tone_through_video_salmonn_random_encoder(tmp_path):
+    """Why planted-salmonn's recipe scales its Q-Former: at random weights the constant queries
+    drown what a window heard, and a tone's pitch barely moves the audio tokens."""
+    from avmech.models.planted import _gain, _random_model
+
+    recipe = RECIPES["planted-salmonn"]
+    m = _random_model(recipe, "planted-salmonn", tmp_path / "random", 0)
+    samples = data.read("av-speakerbench", planted.write("av-speakerbench", tmp_path / "q", n=16, seed=5,
+                                                         tasks=("pitch",)))
+
+    def spread() -> float:
+        """How far the mean audio tokens of each pitch lie from their overall mean, relative to their size."""
+        x = np.stack([m.encode(p).inputs_embeds[0, p.tokens.positions("audio")].detach().flatten().numpy()
+                      for p in map(m.prepare, samples)])
+        y = np.array([s.answer for s in samples])
+        means = np.stack([x[y == c].mean(0) for c in np.unique(y)])
+        return float(np.linalg.norm(means - x.mean(0), axis=1).mean() / np.linalg.norm(x, axis=1).mean())
+
+    before = spread()
+    _gain(m, recipe)
+    after = spread()
+    assert before < 0.05 and after > 0.2, (before, after)

@@ -1,7 +1,7 @@
 """The planted tasks: synthetic questions whose answer can come from one known modality only.
 
-The planted demo model (``planted-omni``, `avmech.models.planted`) is trained on these
-tasks (``TRAINED`` in ``TRAINED_VARIANTS``), so the route the answer takes through it is
+The planted demo models (``planted-omni``, ``planted-salmonn``, `avmech.models.planted`) are
+trained on these tasks (``TRAINED`` in ``TRAINED_VARIANTS``), so the route the answer takes is
 known before any flow runs: the flows are checked against it (``tests/test_planted.py``),
 as interpretability methods are checked on models whose mechanism is known.
 

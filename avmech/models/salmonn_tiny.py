@@ -88,6 +88,11 @@ def salmonn_config(tokenizer, *, d_model: int = 64, n_layers: int = 4, n_heads: 
 def save_salmonn(name: str, path: Path, seed: int = 0) -> None:
     """Build the embedded model ``name`` with ``seed`` and save it at ``path`` in the released layout."""
     overrides, policy = SALMONN_SIZES[name]
+    write_salmonn(path, seed, overrides, policy)
+
+
+def write_salmonn(path: Path, seed: int, overrides: dict, policy: dict) -> None:
+    """A random model of `salmonn_config` with ``overrides`` and the media ``policy``, saved at ``path``."""
     processor = build_salmonn_processor()
     config = salmonn_config(processor.tokenizer, **overrides)
     torch.manual_seed(seed)
