@@ -171,8 +171,11 @@ def transfer_profile(m, rows, group):
 def test_discarding_after_the_transfer_keeps_the_answer_and_before_it_destroys_it(planted_model, planted_runs, group):
     m, rows = planted_model, [r for r in planted_runs if r["modality"] == group]
     _, onwards = transfer_profile(m, rows, group)
-    # the transfer is over after the last layer from which on cutting still moves p by more than 5%
-    moving = [l for l in range(m.n_layers) if onwards[l] < 0.95]
+    # The transfer is over after the last layer from which on cutting still moves p by more than 2%.
+    # (At 5%, a build whose cut from layer 2 on left p x0.966 called the transfer over after layer 1,
+    # and dropping the tokens from layer 2 on flipped one answer in 20: a cut that moves p by a few
+    # percent can flip a borderline answer, so the tolerance matches the 2 points asked of accuracy.)
+    moving = [l for l in range(m.n_layers) if onwards[l] < 0.98]
     assert moving and moving[0] == 0, f"cutting {group} from layer 0 on should matter: {onwards}"
     done = moving[-1]
     assert done < m.n_layers - 1, f"{group} is still read in the last layer: {onwards}"

@@ -307,9 +307,20 @@ def _worldsense(root: Path, n: int, rng: np.random.Generator, scope: dict) -> No
     (root / "worldsense_qa.json").write_text(json.dumps(qa, indent=2) + "\n", encoding="utf-8")
 
 
-def odyssey_rows(n: int, rng: np.random.Generator, seconds: float = ITEM_SECONDS) -> list[dict]:
-    """``n`` AV-Odyssey rows cycling over the eight planted types (1-8), answers balanced per type."""
-    types = sorted(ODYSSEY_TYPES)
+def task_of(sample) -> str:
+    """The planted task a sample of any of the three layouts asks: ``"pitch (fixed order)"``, or for
+    AV-Odyssey ``"count A->I (fixed order)"``."""
+    meta = sample.meta
+    if "question_type_id" in meta:
+        concept, direction, variant = odyssey_type(meta["question_type_id"])
+        return f"{concept} {direction} ({VARIANT_NAMES[variant]})"
+    return meta.get("task_id") or meta["task_type"]
+
+
+def odyssey_rows(n: int, rng: np.random.Generator, seconds: float = ITEM_SECONDS,
+                 variants: tuple[str, ...] = VARIANTS) -> list[dict]:
+    """``n`` AV-Odyssey rows cycling over the planted types (1-8) of ``variants``, answers balanced per type."""
+    types = sorted(t for t, (_, _, variant) in ODYSSEY_TYPES.items() if variant in variants)
     per = math.ceil(n / len(types))
     draws = {t: (_balanced(rng, per), _balanced(rng, per)) for t in types}
     rows, counters = [], {}
@@ -340,7 +351,7 @@ def odyssey_rows(n: int, rng: np.random.Generator, seconds: float = ITEM_SECONDS
 
 
 def _odyssey(root: Path, n: int, rng: np.random.Generator, scope: dict) -> None:
-    rows = [r for r in odyssey_rows(n, rng) if odyssey_type(r["question_type_id"])[2] in scope["variants"]]
+    rows = odyssey_rows(n, rng, variants=scope["variants"])
     cut = math.ceil(n / 2)
     for part, chunk in enumerate((rows[:cut], rows[cut:]), start=1):
         if chunk:

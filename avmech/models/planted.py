@@ -71,6 +71,9 @@ class Recipe:
     """Everything that decides a planted model: its size, its data and its training."""
 
     family: str = "qwen2.5-omni"
+    # The input configuration, as the benchmark layout its questions are written in: "av-speakerbench"
+    # (one audio-visual video) or "av-odyssey" (interleaved audio and image items).
+    dataset: str = "av-speakerbench"
     d_model: int = 64
     n_layers: int = 4
     n_heads: int = 4
@@ -123,7 +126,7 @@ def _examples(m: AVModel, samples, progress: str) -> list[Example]:
         with torch.no_grad():
             embeds = torch.cat([e.inputs_embeds[0], embed(torch.tensor([answer]))])
         positions = torch.cat([e.position_ids[:, 0], e.position_ids[:, 0, -1:] + 1], dim=1)
-        out.append(Example(embeds, positions, answer, end, tuple(p.answer_ids), s.meta.get("task_id", "")))
+        out.append(Example(embeds, positions, answer, end, tuple(p.answer_ids), planted.task_of(s)))
     return out
 
 
@@ -260,8 +263,9 @@ def _random_model(recipe: Recipe, name: str, path: Path, seed: int) -> AVModel:
                 dtype=torch.float32)
 
 
-def _questions(recipe: Recipe, dataset: str, root: Path, n: int, seed: int):
-    return read(dataset, planted.write(dataset, root, n=n, seed=seed, tasks=recipe.tasks, variants=recipe.variants))
+def _questions(recipe: Recipe, root: Path, n: int, seed: int):
+    return read(recipe.dataset, planted.write(recipe.dataset, root, n=n, seed=seed, tasks=recipe.tasks,
+                                              variants=recipe.variants))
 
 
 @dataclass(frozen=True)
@@ -289,9 +293,9 @@ def build(name: str, path: Path, seed: int = 0) -> None:
         m = _random_model(recipe, name, tmp / "random", recipe.seed + seed)
         _gain(m, recipe)
         start = time.time()
-        examples = _examples(m, _questions(recipe, "av-speakerbench", tmp / "train", recipe.n_train, 1000 + seed),
+        examples = _examples(m, _questions(recipe, tmp / "train", recipe.n_train, 1000 + seed),
                              f"{name}: encoding the training set")
-        held_out = _examples(m, _questions(recipe, "av-speakerbench", tmp / "held-out", recipe.n_eval, 2000 + seed),
+        held_out = _examples(m, _questions(recipe, tmp / "held-out", recipe.n_eval, 2000 + seed),
                              f"{name}: encoding the held-out set")
         prepared = time.time() - start
         log = train(m, examples, recipe)
