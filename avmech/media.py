@@ -298,11 +298,15 @@ def write_video(
     fps: float,
     audio: np.ndarray | None = None,
     sample_rate: int = SAMPLE_RATE,
+    lossless: bool = False,
 ) -> None:
     """Write uint8 RGB ``frames [T, H, W, 3]`` as an h264/yuv420p mp4 at ``fps``.
 
     H and W must be even.  If ``audio`` (float in [-1, 1] at ``sample_rate``, ``[n]`` or
     ``[n, channels]``) is given it is muxed as an AAC track, interleaved with the frames.
+    ``lossless`` encodes with quantiser 0: the decoded frames are then the same on every
+    write, which libx264's lossy encoding did not guarantee here (7 of 14 rewrites of a
+    planted clip decoded to other frames, one encoder thread or not; 0 of 14 lossless).
     """
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0:
@@ -318,7 +322,11 @@ def write_video(
     wave = np.clip(_channels(audio), -1.0, 1.0) if audio is not None else None
     codec = next(c for c in _VIDEO_CODECS if c in av.codecs_available)  # mpeg4 is always built in
     with av.open(str(path), "w", format="mp4") as c:
-        vs = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001))
+        if lossless and codec != "libx264":
+            raise MediaError(f"lossless video needs the libx264 encoder, and this PyAV has only {codec}: "
+                             "install PyAV's wheel (pip install av), which ships it")
+        options = {"qp": "0"} if lossless else {}
+        vs = c.add_stream(codec, rate=Fraction(fps).limit_denominator(1001), options=options)
         vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
         aus = _audio_stream(c, "aac", sample_rate, wave.shape[1]) if wave is not None else None
         done = 0

@@ -359,8 +359,10 @@ def _odyssey(root: Path, n: int, rng: np.random.Generator, scope: dict) -> None:
 
 
 def _write_clip(path: Path, clip: PlantedClip, audio: bool = True) -> None:
+    """Lossless, so that a set written twice decodes to the same frames and a planted model's
+    training is repeatable."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    media.write_video(path, clip.frames(), FPS, audio=clip.audio() if audio else None)
+    media.write_video(path, clip.frames(), FPS, audio=clip.audio() if audio else None, lossless=True)
 
 
 _WRITERS = {"av-speakerbench": _speakerbench, "av-odyssey": _odyssey, "worldsense": _worldsense}

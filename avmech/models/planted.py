@@ -35,11 +35,12 @@ The recipe, all of it in `Recipe` (one entry of `RECIPES` per model):
 4. Measure held-out accuracy per task, save it beside the weights (``planted.json``,
    with the recipe and the measured times) and save the model as an ordinary checkpoint.
 
-Everything is seeded, but a rebuild is not bitwise the same model (CPU reductions round
-differently run to run, and 1,000 steps amplify it): two builds of planted-omni's recipe
-differed by up to 0.09 in a weight, with the same held-out accuracy; the README's numbers
-are those of one build. The cache key holds the digest of the recipe and of the code that
-carries it out, so a changed recipe is a new model, never a stale one.
+Everything is seeded and repeatable: the planted clips are written lossless (libx264's
+lossy encoding decoded to other frames on about half the rewrites, and three builds of one
+recipe differed by up to 0.09 in a weight), the training set encodes to the same
+embeddings, and training on CPU from the same inputs gives the same weights. The cache key
+holds the digest of the recipe and of the code that carries it out, so a changed recipe is
+a new model, never a stale one.
 """
 
 from __future__ import annotations
