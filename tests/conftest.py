@@ -113,7 +113,7 @@ def qwen3_omni_eager():
 
 def _planted_dir(name: str):
     """A planted model's checkpoint in the user's cache (trained there on first use, minutes on
-    all cores; `make figures` then reuses it): its recipe's digest names it, so a changed recipe
+    2 cores; `make figures` then reuses it): its recipe's digest names it, so a changed recipe
     trains a new one."""
     from avmech.models.registry import embedded_path
 
@@ -122,13 +122,10 @@ def _planted_dir(name: str):
         os.environ.pop("AVMECH_CACHE")
     else:
         os.environ["AVMECH_CACHE"] = SHARED_CACHE
-    threads = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
     try:
-        return embedded_path(name, 0)
+        return embedded_path(name, 0)  # trained on the recipe's threads
     finally:
         os.environ["AVMECH_CACHE"] = test_cache
-        torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -275,3 +275,17 @@ def test_a_planted_set_written_twice_is_the_same_bytes(tmp_path):
     files = sorted(p.relative_to(first) for p in first.rglob("*.mp4"))
     assert len(files) == 16
     assert all((first / f).read_bytes() == (second / f).read_bytes() for f in files)
+
+
+def test_a_build_trains_on_the_recipes_threads_and_gives_the_callers_back(monkeypatch, tmp_path):
+    """make sets OMP_NUM_THREADS=1 and the tests run on one thread; a training run's floats depend
+    on the thread count, so every build runs on the recipe's."""
+    import torch
+
+    from avmech.models import planted as recipe
+
+    seen = []
+    monkeypatch.setattr(recipe, "_build", lambda *args: seen.append(torch.get_num_threads()))
+    before = torch.get_num_threads()
+    recipe.build("planted-omni", tmp_path / "model")
+    assert seen == [RECIPES["planted-omni"].threads] and torch.get_num_threads() == before

@@ -38,7 +38,8 @@ The recipe, all of it in `Recipe` (one entry of `RECIPES` per model):
 Everything is seeded and repeatable: the planted clips are written lossless (libx264's
 lossy encoding decoded to other frames on about half the rewrites, and three builds of one
 recipe differed by up to 0.09 in a weight), the training set encodes to the same
-embeddings, and training on CPU from the same inputs gives the same weights. The cache key
+embeddings, and training on CPU from the same inputs, on the recipe's number of threads,
+gives the same weights (on another kind of CPU the floats may still round otherwise). The cache key
 holds the digest of the recipe and of the code that carries it out, so a changed recipe is
 a new model, never a stale one.
 """
@@ -92,6 +93,9 @@ class Recipe:
     tasks: tuple[str, ...] = planted.TRAINED
     variants: tuple[str, ...] = planted.TRAINED_VARIANTS
     n_eval: int = 200
+    # CPU threads the build runs on: a training run's floats depend on it (`make` sets OMP_NUM_THREADS=1,
+    # and make figures' one-thread build of planted-salmonn came out other than the two-thread one).
+    threads: int = 2
 
     def digest(self) -> str:
         """Eight hex digits naming this recipe in the cache: its fields and the code that carries it
@@ -285,10 +289,19 @@ class Builder:
 
 def build(name: str, path: Path, seed: int = 0) -> None:
     """Train the planted model ``name`` with ``seed`` and save it at ``path`` (see the module docstring)."""
+    recipe = RECIPES[name]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    torch.manual_seed(recipe.seed + seed)
+    try:
+        _build(name, recipe, path, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _build(name: str, recipe: Recipe, path: Path, seed: int) -> None:
     from avmech.models.tiny import write_atomically
 
-    recipe = RECIPES[name]
-    torch.manual_seed(recipe.seed + seed)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         m = _random_model(recipe, name, tmp / "random", recipe.seed + seed)
