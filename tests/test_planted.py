@@ -289,3 +289,11 @@ def test_a_build_trains_on_the_recipes_threads_and_gives_the_callers_back(monkey
     before = torch.get_num_threads()
     recipe.build("planted-omni", tmp_path / "model")
     assert seen == [RECIPES["planted-omni"].threads] and torch.get_num_threads() == before
+
+
+def test_a_recipe_of_a_family_without_a_planted_writer_is_refused(tmp_path):
+    from avmech.errors import ModelError
+    from avmech.models.planted import _random_model
+
+    with pytest.raises(ModelError, match="no planted recipe for the 'qwen3-omni' family"):
+        _random_model(Recipe(family="qwen3-omni"), "x", tmp_path / "random", 0)

@@ -254,16 +254,18 @@ def _random_model(recipe: Recipe, name: str, path: Path, seed: int) -> AVModel:
                 n_kv_heads=recipe.n_kv_heads, d_mlp=recipe.d_mlp)
     if recipe.family == "qwen2.5-omni":
         from avmech.models.omni import load_omni
-        from avmech.models.omni_tiny import write_omni
+        from avmech.models.omni_tiny import OMNI_SIZES, write_omni
 
-        write_omni(path, seed, size, dict(min_pixels=28 * 28 * 4, max_pixels=28 * 28 * 16))
+        write_omni(path, seed, size, OMNI_SIZES["tiny-omni"][1])
         load = load_omni
-    else:
+    elif recipe.family == "video-salmonn2+":
         from avmech.models.salmonn import load_salmonn
         from avmech.models.salmonn_tiny import SALMONN_SIZES, write_salmonn
 
         write_salmonn(path, seed, size, SALMONN_SIZES["tiny-salmonn"][1])
         load = load_salmonn
+    else:
+        raise ModelError(f"no planted recipe for the {recipe.family!r} family: use 'qwen2.5-omni' or 'video-salmonn2+'")
     return load(path, name=name, media_policy=json.loads((path / MEDIA_POLICY_FILE).read_text()),
                 dtype=torch.float32)
 
