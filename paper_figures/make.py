@@ -8,11 +8,11 @@
    is missing (a half-done run resumes; finished records of another configuration, or of
    other inputs, are an error naming the folder), on each demo model or on the ``--model``
    given; each experiment after the experiments whose records it reads (its ``[inputs]``
-   table, `avmech.experiment.in_order`). The demo models: ``planted-omni`` and
-   ``planted-salmonn`` (trained on the planted tasks on first use, about 7 and 5 minutes;
-   `avmech.models.planted`), which run the experiments on the data set they were trained on
-   (AV-SpeakerBench's layout) with its planted questions (``root = "planted"``), and
-   ``tiny-omni`` and ``tiny-salmonn``
+   table, `avmech.experiment.in_order`). The demo models: ``planted-omni``,
+   ``planted-salmonn`` and ``planted-omni-interleaved`` (trained on the planted tasks on
+   first use, about 7, 6 and 3 minutes; `avmech.models.planted`), which run the experiments
+   of the data set they were trained on (AV-SpeakerBench's layout; AV-Odyssey's for the
+   last) with its planted questions (``root = "planted"``), and ``tiny-omni`` and ``tiny-salmonn``
    (random weights, one per family), which run every experiment on the synthetic sets.
 2. Writes ``results/layout/<model>/layout.json``, the TokenMap of the first sample of
    ``av_video_knockout`` and of ``interleaved_knockout`` (in the study's layout and in the
@@ -37,9 +37,7 @@ from pathlib import Path
 
 from paper_figures import index, layout_strip, registry
 
-DEMO = ("planted-omni", "planted-salmonn", "tiny-omni", "tiny-salmonn")
-# The data sets the planted models are trained on (`avmech.data.planted.TRAINED` in AV-SpeakerBench's layout).
-PLANTED_DATASETS = ("av-speakerbench",)
+DEMO = ("planted-omni", "planted-salmonn", "planted-omni-interleaved", "tiny-omni", "tiny-salmonn")
 LAYOUT_FROM = ("av_video_knockout", "interleaved_knockout")
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
@@ -73,7 +71,7 @@ def experiments_for(model: str, experiments: Path) -> list:
     if model not in RECIPES:
         return [load_experiment(p, model=model) for p in paths]
     exps = [load_experiment(p, model=model, root="planted") for p in paths]
-    return [e for e in exps if e.data.dataset in PLANTED_DATASETS]
+    return [e for e in exps if e.data.dataset == RECIPES[model].dataset]
 
 
 def layout_sample(tokens, sample, exp, layout: str) -> dict:

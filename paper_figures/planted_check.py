@@ -1,13 +1,16 @@
 """Table: does the knockout sweep find the pathways planted in the planted demo models?
 
-A planted model (`avmech.models.planted`) answers each question from one known stream:
-the sound in the "speaker recognition" questions (pitch, beeps), the frames in the
-"visual recognition" ones (colour, motion), the options always in the same order. So,
-in ``av_video_knockout``, cutting the answering stream's edges into the last position
-must lower p(correct letter) by at least half in some window, and cutting the other
-stream's edges must move it by at most 20% in every window. Each row states one such
-expectation, the sweep's measured extreme over its windows, and whether it holds. Only
-planted models have rows: for a random or a real model nothing is known in advance.
+A planted model (`avmech.models.planted`) answers each question from one known stream.
+In the audio-visual video (``av_video_knockout``): the sound in the "speaker
+recognition" questions (pitch, beeps), the frames in the "visual recognition" ones
+(colour, motion), the options always in the same order. In the interleaved items
+(``interleaved_knockout``, planted-omni-interleaved): the reference, in both directions, since the
+candidates always come in the class order (candidate i is class i) and so carry nothing
+the answer needs. So cutting the answering stream's edges into the last position must
+lower p(correct letter) by at least half in some window, and cutting the other stream's
+edges must move it by at most 20% in every window. Each row states one such expectation,
+the sweep's measured extreme over its windows, and whether it holds. Only planted models
+have rows: for a random or a real model nothing is known in advance.
 """
 
 from __future__ import annotations
@@ -17,45 +20,56 @@ import pandas as pd
 from paper_figures import common, registry
 
 TITLE = "Planted pathways: what the sweep should find, and what it found"
-ANSWERED_BY = {"speaker recognition": "audio_tokens", "visual recognition": "video"}
+# experiment -> (the column naming the task, {task: the stream that answers it}, the streams checked)
+ANSWERED_BY = {
+    "av_video_knockout": ("category", {"speaker recognition": "audio_tokens", "visual recognition": "video"},
+                          ("audio_tokens", "video")),
+    "interleaved_knockout": ("direction", {"A->I": "reference", "I->A": "reference"}, ("reference", "candidates")),
+}
 NOTE = ("the strongest mean Δp over the sweep's windows, over correctly answered samples; "
-        "answering stream -> last: expected <= -50% in some window; the other stream -> last or -> "
-        "question_block: expected within ±20% in every window.")
+        "answering stream -> last: expected <= -50% in some window; the other stream -> any group: expected "
+        "within ±20% in every window.")
 
 
 def formatted(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
-        "model": t["model"], "questions": t["category"], "n": t["samples"], "excluded": t["excluded"],
-        "edge": t["edge"].map(common.arrow),
+        "model": t["model"], "experiment": t["experiment"], "questions": t["task"], "n": t["samples"],
+        "excluded": t["excluded"], "edge": t["edge"].map(common.arrow),
         "expected": t["expected"], "measured Δp %": t["dp_pct"].map(common.cell("+.1f")),
         "holds": t["holds"].map({True: "yes", False: "NO"}),
     })
 
 
-@registry.table("table_planted_check", TITLE, ("av_video_knockout",), cells=formatted, note=NOTE)
-def table(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per (planted model, question category, swept edge from a media stream)."""
+def expectation(src: str, dst: str, answering: str, means: pd.Series) -> tuple[str, float, bool] | None:
+    """(expected, measured dp, holds) for one swept edge, or None where nothing is expected."""
+    if src == answering and dst == "last":
+        return "<= -50%", means.min(), bool(means.min() <= -0.5)
+    if src != answering:
+        dp = means.loc[means.abs().idxmax()]
+        return "within ±20%", dp, bool(abs(dp) <= 0.2)
+    return None
+
+
+@registry.table("table_planted_check", TITLE, tuple(ANSWERED_BY), cells=formatted, note=NOTE)
+def table(records: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One row per (planted model, experiment, task, swept edge from a checked stream)."""
     rows = []
-    planted = records[records["model"].map(common.is_planted)]
-    if planted.empty:
-        raise FileNotFoundError("no planted model among the av_video_knockout records (make figures runs planted-omni and planted-salmonn)")
-    for model in common.order_models(planted["model"].unique()):
-        for category, answering in ANSWERED_BY.items():
-            g = planted[(planted["model"] == model) & (planted["category"] == category)]
-            swept, excluded = common.usable(g[g["condition"] != "base"], "dp")
-            for (src, dst), e in swept.groupby(["src", "dst"], sort=False):
-                if src not in ANSWERED_BY.values():
-                    continue
-                means = e.groupby("centre")["dp"].mean()
-                if src == answering and dst == "last":
-                    expected, dp = "<= -50%", means.min()
-                    holds = dp <= -0.5
-                elif src != answering:
-                    expected, dp = "within ±20%", means.loc[means.abs().idxmax()]
-                    holds = abs(dp) <= 0.2
-                else:
-                    continue
-                rows.append({"model": model, "category": category, "samples": e["sample_id"].nunique(),
-                             "excluded": excluded, "edge": f"{src}->{dst}", "expected": expected,
-                             "dp_pct": 100 * dp, "holds": bool(holds)})
+    for experiment, (column, answered_by, streams) in ANSWERED_BY.items():
+        planted = records[experiment][records[experiment]["model"].map(common.is_planted)]
+        if column not in planted:
+            continue
+        for model in common.order_models(planted["model"].unique()):
+            for task, answering in answered_by.items():
+                g = planted[(planted["model"] == model) & (planted[column] == task)]
+                swept, excluded = common.usable(g[g["condition"] != "base"], "dp")
+                for (src, dst), e in swept[swept["src"].isin(streams)].groupby(["src", "dst"], sort=False):
+                    found = expectation(src, dst, answering, e.groupby("centre")["dp"].mean())
+                    if found is not None:
+                        expected, dp, holds = found
+                        rows.append({"model": model, "experiment": experiment, "task": task,
+                                     "samples": e["sample_id"].nunique(), "excluded": excluded, "edge": f"{src}->{dst}",
+                                     "expected": expected, "dp_pct": 100 * dp, "holds": holds})
+    if not rows:
+        raise FileNotFoundError(f"no planted model among the {' / '.join(ANSWERED_BY)} records "
+                                f"(make figures runs {', '.join(sorted(common.PLANTED_MODELS))})")
     return pd.DataFrame(rows)

@@ -13,6 +13,7 @@ slow one.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -22,10 +23,10 @@ import torch
 from transformers import PreTrainedModel
 
 from avmech import media
-from avmech.models.base import MEDIA_POLICY_FILE
 
 MODEL_FIXTURES = frozenset({"omni", "omni_eager", "salmonn", "salmonn_eager", "qwen3_omni", "qwen3_omni_eager",
-                            "planted_omni", "planted_omni_dir", "planted_salmonn", "planted_salmonn_dir"})
+                            "planted_omni", "planted_omni_dir", "planted_salmonn", "planted_salmonn_dir",
+                            "planted_omni_interleaved", "planted_omni_interleaved_dir"})
 TIERS = ("unit", "integration", "slow", "real", "ndif")
 
 
@@ -111,21 +112,36 @@ def qwen3_omni_eager():
     return avmech.load("tiny-qwen3-omni", seed=0, attn_implementation="eager")
 
 
-def _planted_dir(name: str):
-    """A planted model's checkpoint in the user's cache (trained there on first use, minutes on
-    2 cores; `make figures` then reuses it): its recipe's digest names it, so a changed recipe
-    trains a new one."""
-    from avmech.models.registry import embedded_path
-
+@contextlib.contextmanager
+def _user_cache():
+    """The user's model cache (where the planted models are trained on first use, minutes on 2
+    cores, and `make figures` then reuses them) instead of the test session's."""
     test_cache = os.environ["AVMECH_CACHE"]
     if SHARED_CACHE is None:
         os.environ.pop("AVMECH_CACHE")
     else:
         os.environ["AVMECH_CACHE"] = SHARED_CACHE
     try:
-        return embedded_path(name, 0)  # trained on the recipe's threads
+        yield
     finally:
         os.environ["AVMECH_CACHE"] = test_cache
+
+
+def _planted_dir(name: str):
+    """A planted model's checkpoint in the user's cache: its recipe's digest names it, so a changed
+    recipe trains a new one (on the recipe's threads)."""
+    from avmech.models.registry import embedded_path
+
+    with _user_cache():
+        return embedded_path(name, 0)
+
+
+def _planted(name: str):
+    """A planted model, loaded by the registry as every demo model is."""
+    import avmech
+
+    with _user_cache():
+        return avmech.load(name)
 
 
 @pytest.fixture(scope="session")
@@ -139,19 +155,23 @@ def planted_salmonn_dir():
 
 
 @pytest.fixture(scope="session")
-def planted_omni(planted_omni_dir):
-    from avmech.models.omni import load_omni
+def planted_omni_interleaved_dir():
+    return _planted_dir("planted-omni-interleaved")
 
-    policy = json.loads((planted_omni_dir / MEDIA_POLICY_FILE).read_text())
-    return load_omni(planted_omni_dir, name="planted-omni", media_policy=policy, dtype=torch.float32)
+
+@pytest.fixture(scope="session")
+def planted_omni(planted_omni_dir):
+    return _planted("planted-omni")
 
 
 @pytest.fixture(scope="session")
 def planted_salmonn(planted_salmonn_dir):
-    from avmech.models.salmonn import load_salmonn
+    return _planted("planted-salmonn")
 
-    policy = json.loads((planted_salmonn_dir / MEDIA_POLICY_FILE).read_text())
-    return load_salmonn(planted_salmonn_dir, name="planted-salmonn", media_policy=policy, dtype=torch.float32)
+
+@pytest.fixture(scope="session")
+def planted_omni_interleaved(planted_omni_interleaved_dir):
+    return _planted("planted-omni-interleaved")
 
 
 @pytest.fixture(scope="session")

@@ -492,15 +492,25 @@ def test_planted_check_states_each_expectation_and_whether_it_holds():
     edges = (("audio_tokens", "last"), ("video", "last"), ("video", "question_block"), ("audio_tokens", "question_block"))
     records = knockout(edges, model="planted-omni")
     # dp_of: edges into last lower p by 10-62%, others raise it by 10-62%; samples s1-s3 answer by sound,
-    # s1 alone by sight
+    # s1 alone by sight; in the interleaved items s3 answers A->I, s1 I->A
+    interleaved = knockout((("reference", "last"), ("candidates", "last"), ("candidates", "reference"),
+                            ("question", "reference")), model="planted-omni",
+                           tasks=(("A->I", ("s3",)), ("I->A", ("s1",))), task_col="direction")
     numbers = {e.name: e for e in registry.entries()}["table_planted_check"].numbers
-    t = numbers(records)
-    rows = {(r.category, r.edge): r for r in t.itertuples()}
+    t = numbers({"av_video_knockout": records, "interleaved_knockout": interleaved})
+    rows = {(r.task, r.edge): r for r in t.itertuples()}
     hit = rows[SPEAKER, "audio_tokens->last"]  # mean over s1-s3 at centre 0: -(0.1 + 0.2 + 0.6) / 3 = -0.3
     assert hit.expected == "<= -50%" and hit.dp_pct == pytest.approx(100 * -(0.9 + 0.03 * 2) / 3) and not hit.holds
     spared = rows[SPEAKER, "video->question_block"]  # the largest |mean| over centres: centre 2, 0.32 + 0.02
     assert spared.dp_pct == pytest.approx(100 * (0.9 + 0.06) / 3) and not spared.holds
     assert rows[VISUAL, "audio_tokens->last"].dp_pct == pytest.approx(-12.0) and rows[VISUAL, "audio_tokens->last"].holds
     assert (VISUAL, "video->question_block") not in rows  # the answering stream into the question: no expectation
+    # the interleaved items are answered by the reference; the candidates (in the class order) carry nothing
+    assert rows["A->I", "reference->last"].dp_pct == pytest.approx(-62.0) and rows["A->I", "reference->last"].holds
+    assert rows["I->A", "reference->last"].dp_pct == pytest.approx(-12.0) and not rows["I->A", "reference->last"].holds
+    assert rows["A->I", "candidates->reference"].dp_pct == pytest.approx(62.0)
+    assert not rows["A->I", "candidates->reference"].holds and rows["I->A", "candidates->last"].holds
+    assert {e for task, e in rows if task in ("A->I", "I->A")} == {"reference->last", "candidates->last",
+                                                                   "candidates->reference"}  # question: not checked
     with pytest.raises(FileNotFoundError, match="no planted model"):  # a random model: nothing is known in advance
-        numbers(knockout(edges))
+        numbers({"av_video_knockout": knockout(edges), "interleaved_knockout": interleaved.assign(model=DEMO)})

@@ -127,15 +127,19 @@ def test_the_demo_runs_both_families_of_the_study_and_the_planted_model():
     from avmech.models import embedded
 
     families = {name: family.name for name, family in embedded().items()}
-    assert [families[m] for m in make.DEMO] == ["qwen2.5-omni", "video-salmonn2+", "qwen2.5-omni", "video-salmonn2+"]
-    assert make.DEMO[:2] == ("planted-omni", "planted-salmonn")
+    assert [families[m] for m in make.DEMO] == ["qwen2.5-omni", "video-salmonn2+", "qwen2.5-omni", "qwen2.5-omni",
+                                                "video-salmonn2+"]
+    assert make.DEMO[:3] == ("planted-omni", "planted-salmonn", "planted-omni-interleaved")
 
 
 def test_a_planted_model_runs_the_experiments_of_its_data_on_its_planted_questions():
     exps = make.experiments_for("planted-omni", make.EXPERIMENTS)
-    assert exps and {e.data.dataset for e in exps} == set(make.PLANTED_DATASETS)
+    assert exps and {e.data.dataset for e in exps} == {"av-speakerbench"}
     assert {e.data.root for e in exps} == {"planted"} and {e.model for e in exps} == {"planted-omni"}
     assert "av_video_knockout" in {e.name for e in exps} and "interleaved_knockout" not in {e.name for e in exps}
+    interleaved = make.experiments_for("planted-omni-interleaved", make.EXPERIMENTS)
+    assert {e.name for e in interleaved} == {"interleaved_knockout", "token_discard_interleaved"}
+    assert {e.data.root for e in interleaved} == {"planted"}
     assert {e.data.root for e in make.experiments_for("tiny-omni", make.EXPERIMENTS)} == {"synthetic"}
 
 

@@ -6,6 +6,8 @@ modality's tokens to the last position, and the other modality carries nothing i
 each flow is checked against that, not against numbers it produced before. The sound's
 tokens are the group ``audio_tokens``: in video-SALMONN 2+ the tokens of the padding
 silence (``audio_pad``) come from a Whisper window that heard the tone, so they may carry it.
+``planted-omni-interleaved`` answers AV-Odyssey items whose candidates come in the class order,
+so the answer must travel from the reference, and the candidates carry nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import pytest
 from avmech import AttentionKnockout, AttentionRead, TokenDrop, data
 from avmech.data import planted
 from avmech.errors import InputError
+from avmech.sample import LETTERS
 from avmech.models.planted import PLANTED_FILE, RECIPES, Recipe
 
 MODALITIES = ("audio", "video")
@@ -51,6 +54,32 @@ def test_planted_sets_are_read_by_the_benchmark_readers(tmp_path):
     assert {s.meta["task_domain"] for s in ws} <= {"Audio", "Visual", "Audio-Visual"}
     ody = data.read("av-odyssey", planted.write("av-odyssey", tmp_path / "ody", n=8, seed=3, variants=("fixed",)))
     assert ody and all(planted.odyssey_type(s.meta["question_type_id"])[2] == "fixed" for s in ody)
+
+
+def test_interleaved_items_answer_with_the_candidate_that_matches_the_reference():
+    """Option i names candidate i; in the fixed order candidate i is class i (the letter follows
+    from the reference alone), shuffled they come in a random order; letters balanced per type."""
+    from avmech.data.synthetic import ITEM_SECONDS, _item_png, _item_wav
+
+    def item(kind, concept, value):
+        return _item_png(concept, value) if kind == "image" else _item_wav(concept, value, ITEM_SECONDS)
+
+    rows = planted.odyssey_rows(64, np.random.default_rng(0))
+    letters, in_class_order = defaultdict(list), defaultdict(list)
+    for row in rows:
+        concept, direction, variant = planted.odyssey_type(row["question_type_id"])
+        pool = planted.TASKS["count" if concept == "count" else "pitch"].classes
+        kind, other = ("image", "audio") if direction == "A->I" else ("audio", "image")
+        candidates = [row[f"{kind}_{k + 1}"] for k in range(4)]
+        value = next(v for v in pool if item(other, concept, v) == row[f"{other}_1"])  # the reference's class
+        expected = [item(kind, concept, v) for v in pool]
+        assert candidates == expected if variant == "fixed" else sorted(candidates) == sorted(expected)
+        assert candidates[LETTERS.index(row["answer"])] == item(kind, concept, value)
+        assert row["options"] == [f"the {o} {kind}" for o in ("first", "second", "third", "fourth")]
+        letters[row["question_type_id"]].append(row["answer"])
+        in_class_order[variant].append(candidates == expected)
+    assert len(letters) == 8 and all(sorted(v) == list("AABBCCDD") for v in letters.values())
+    assert all(in_class_order["fixed"]) and np.mean(in_class_order["shuffled"]) < 0.25
 
 
 def test_the_answer_follows_from_its_modality_alone():
@@ -155,9 +184,9 @@ def test_cutting_a_modality_silences_its_tasks_and_spares_the_others(planted_run
 
 
 def transfer_profile(m, rows, group):
-    """Per layer: mean p(correct) ratio with ``group``'s edges into later tokens cut in that layer
-    alone, and in that layer and every later one."""
-    n, group = m.n_layers, GROUPS[group]
+    """Per layer: mean p(correct) ratio with ``group``'s edges (a modality's group, or any group) into
+    later tokens cut in that layer alone, and in that layer and every later one."""
+    n, group = m.n_layers, GROUPS.get(group, group)
     single, onwards = [], []
     for r in rows:
         conditions = [[AttentionKnockout(group, f"all - {group}", [l])] for l in range(n)]
@@ -171,7 +200,13 @@ def transfer_profile(m, rows, group):
 
 @pytest.mark.parametrize("group", MODALITIES)
 def test_discarding_after_the_transfer_keeps_the_answer_and_before_it_destroys_it(planted_model, planted_runs, group):
-    m, rows = planted_model, [r for r in planted_runs if r["modality"] == group]
+    rows = [r for r in planted_runs if r["modality"] == group]
+    check_discarding_after_the_transfer(planted_model, rows, group)
+
+
+def check_discarding_after_the_transfer(m, rows, group):
+    """The transfer of ``group`` is over before the last layer; dropping it after the transfer keeps
+    accuracy within 2 points, dropping it before layer 0 leaves chance."""
     _, onwards = transfer_profile(m, rows, group)
     # The transfer is over after the last layer from which on cutting still moves p by more than 2%.
     # (At 5%, a build whose cut from layer 2 on left p x0.966 called the transfer over after layer 1,
@@ -182,8 +217,9 @@ def test_discarding_after_the_transfer_keeps_the_answer_and_before_it_destroys_i
     done = moving[-1]
     assert done < m.n_layers - 1, f"{group} is still read in the last layer: {onwards}"
     base = np.mean([r["base"].correct for r in rows])
-    late = np.mean([m.run(r["p"], [TokenDrop(GROUPS[group], after_layer=done)]).correct for r in rows])
-    early = np.mean([m.run(r["p"], [TokenDrop(GROUPS[group], after_layer=-1)]).correct for r in rows])
+    group = GROUPS.get(group, group)
+    late = np.mean([m.run(r["p"], [TokenDrop(group, after_layer=done)]).correct for r in rows])
+    early = np.mean([m.run(r["p"], [TokenDrop(group, after_layer=-1)]).correct for r in rows])
     assert late >= base - 0.02, f"dropping {group} after layer {done} cost {base - late:.0%} accuracy"
     assert early <= 0.45, f"dropping {group} before layer 0 left {early:.0%} accuracy (chance: 25%)"
 
@@ -297,3 +333,79 @@ def test_a_recipe_of_a_family_without_a_planted_writer_is_refused(tmp_path):
 
     with pytest.raises(ModelError, match="no planted recipe for the 'qwen3-omni' family"):
         _random_model(Recipe(family="qwen3-omni"), "x", tmp_path / "random", 0)
+
+
+# ---- the interleaved configuration (planted-omni-interleaved) ----------------------------
+# It trains in about 3 minutes on 2 cores, beyond the default suite's 15: slow tier, like planted-salmonn
+# (`make figures` builds it and checks its pathways in table_planted_check).
+
+DIRECTIONS = ("A->I", "I->A")
+INTERLEAVED_CUTS = {
+    "reference": AttentionKnockout("reference", "all - reference", "all"),
+    "reference->last": AttentionKnockout("reference", "last", "all"),
+    "candidates": AttentionKnockout("candidates", "all - candidates", "all"),
+    "candidates->last": AttentionKnockout("candidates", "last", "all"),
+}
+
+
+@pytest.fixture(scope="module")
+def interleaved_runs(planted_omni_interleaved):
+    """Per sample of the experiments' planted AV-Odyssey set (seed 0), in the study's layout as
+    ``interleaved_knockout`` feeds it: its direction, the plain run and the runs with each of
+    ``INTERLEAVED_CUTS``."""
+    from dataclasses import replace
+
+    m, out = planted_omni_interleaved, []
+    for s in data.read("av-odyssey", planted.ensure("av-odyssey", n=40)):
+        p = m.prepare(replace(s, layout="study"))
+        base, *cut = m.run_many(p, [[]] + [[c] for c in INTERLEAVED_CUTS.values()])
+        out.append({"sample": s, "p": p, "direction": planted.odyssey_type(s.meta["question_type_id"])[1],
+                    "base": base, "cut": dict(zip(INTERLEAVED_CUTS, cut))})
+    return out
+
+
+def ratios(rows, direction: str) -> dict[str, float]:
+    """Per cut: mean p(correct) after / before, over the questions of one direction."""
+    rows = [r for r in rows if r["direction"] == direction]
+    base = np.mean([r["base"].p_correct for r in rows])
+    return {cut: np.mean([r["cut"][cut].p_correct for r in rows]) / base for cut in INTERLEAVED_CUTS}
+
+
+@pytest.mark.slow
+def test_planted_omni_interleaved_answers_every_item_task(planted_omni_interleaved_dir, interleaved_runs):
+    report = json.loads((planted_omni_interleaved_dir / PLANTED_FILE).read_text())
+    assert report["recipe"]["digest"] == RECIPES["planted-omni-interleaved"].digest()
+    accuracy = report["held_out_accuracy"]
+    assert set(accuracy) == {f"{c} {d} (fixed order)" for c in ("count", "pitch") for d in DIRECTIONS}
+    assert min(accuracy.values()) >= 0.95
+    assert np.mean([r["base"].correct for r in interleaved_runs]) >= 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_cutting_the_reference_silences_the_interleaved_items_and_cutting_the_candidates_does_not(
+        interleaved_runs, direction):
+    """The candidates come in the class order (candidate i is class i), so the letter follows from
+    the reference alone: cutting its edges, or only those into the last position, must lower
+    p(correct) by at least half; cutting the candidates' edges (or only those into the last
+    position) may move it by at most 20%."""
+    ratio = ratios(interleaved_runs, direction)
+    assert ratio["reference"] <= 0.5 and ratio["reference->last"] <= 0.5, ratio
+    assert ratio["candidates"] >= 0.8 and ratio["candidates->last"] >= 0.8, ratio
+
+
+@pytest.mark.slow
+def test_discarding_the_reference_after_its_transfer_keeps_the_answer_and_before_it_destroys_it(
+        planted_omni_interleaved, interleaved_runs):
+    check_discarding_after_the_transfer(planted_omni_interleaved, interleaved_runs, "reference")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_the_sweep_and_the_attention_readout_agree_on_where_the_reference_moves(
+        planted_omni_interleaved, interleaved_runs, direction):
+    m, rows = planted_omni_interleaved, [r for r in interleaved_runs if r["direction"] == direction]
+    single, _ = transfer_profile(m, rows, "reference")
+    read = AttentionRead("all", "last", ("reference",))
+    mass = np.mean([m.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in rows], 0)
+    assert int(np.argmin(single)) == int(np.argmax(mass)), (single, mass)

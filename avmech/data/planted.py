@@ -34,8 +34,12 @@ an audio reference and four image candidates ("A->I") or the reverse ("I->A"); t
 answer is the candidate that matches the reference.
 
 Each task comes in two **variants**: ``fixed`` (the options in the order above, so the
-letter follows from the answering modality alone; in the interleaved items option i names
-candidate i) and ``shuffled`` (the options in a random order: the model must read them).
+letter follows from the answering modality alone) and ``shuffled`` (the options in a random
+order: the model must read them). In the interleaved items option i always names candidate
+i (``"the first image"``, as in AV-Odyssey); ``fixed`` puts the candidates in the class order
+too (candidate i is class i, so the letter follows from the reference alone and the
+candidates carry nothing the answer needs) and ``shuffled`` in a random one (the model must
+match the reference against the candidates: the candidates' route is exercised).
 Samples cycle through the tasks and variants, answers balanced within each.
 
 The sets are written in the released layouts, so the readers and experiment files serve
@@ -88,7 +92,7 @@ from avmech.data.synthetic import (
 from avmech.errors import InputError
 from avmech.sample import LETTERS
 
-VERSION = 1
+VERSION = 2
 SECONDS = 2.0
 COLOURS = ("red", "green", "blue", "yellow")
 DIRECTIONS = ("left to right", "right to left", "top to bottom", "bottom to top")
@@ -322,25 +326,23 @@ def odyssey_rows(n: int, rng: np.random.Generator, seconds: float = ITEM_SECONDS
     """``n`` AV-Odyssey rows cycling over the planted types (1-8) of ``variants``, answers balanced per type."""
     types = sorted(t for t, (_, _, variant) in ODYSSEY_TYPES.items() if variant in variants)
     per = math.ceil(n / len(types))
-    draws = {t: (_balanced(rng, per), _balanced(rng, per)) for t in types}
+    slots = {t: _balanced(rng, per) for t in types}
     rows, counters = [], {}
     for i in range(n):
         type_id = types[i % len(types)]
         concept, direction, variant = ODYSSEY_TYPES[type_id]
         _, subfield, data_type, question = ODYSSEY_TASKS[concept, direction]
-        slots, letters = draws[type_id]
-        slot = slots[i // len(types)]
+        slot = slots[type_id][i // len(types)]
         counters[type_id] = counters.get(type_id, 0) + 1
         pool = TASKS["count" if concept == "count" else "pitch"].classes
-        values = [pool[j] for j in rng.permutation(len(pool))]
+        values = list(pool) if variant == "fixed" else [pool[j] for j in rng.permutation(len(pool))]
         reference = values[slot]
         if direction == "A->I":
             images, audios = [_item_png(concept, v) for v in values], [_item_wav(concept, reference, seconds)]
         else:
             images, audios = [_item_png(concept, reference)], [_item_wav(concept, v, seconds) for v in values]
         noun = "image" if direction == "A->I" else "audio"
-        ordinals = tuple(f"the {o} {noun}" for o in ORDINALS)
-        options, answer = _options(rng, ordinals, ordinals[slot], variant, letters[i // len(types)])
+        options, answer = [f"the {o} {noun}" for o in ORDINALS], slot
         row = {"question_id": f"{type_id}_{counters[type_id]}", "question_type_id": type_id,
                "data_type": data_type, "subfield": subfield, "question": question, "options": options,
                "answer": LETTERS[answer], "video_1": None}
