@@ -13,7 +13,9 @@
    first use, about 7, 6 and 3 minutes; `avmech.models.planted`), which run the experiments
    of the data set they were trained on (AV-SpeakerBench's layout; AV-Odyssey's for the
    last) with its planted questions (``root = "planted"``), and ``tiny-omni`` and ``tiny-salmonn``
-   (random weights, one per family), which run every experiment on the synthetic sets.
+   (random weights, one per family), which run, on the synthetic sets, the experiments of
+   the data sets no planted model among those given is trained on (WorldSense's, and the
+   sweep it reads; given alone, a random model runs every experiment).
 2. Writes ``results/layout/<model>/layout.json``, the TokenMap of the first sample of
    ``av_video_knockout`` and of ``interleaved_knockout`` (in the study's layout and in the
    data set's), by ``avmech.load(model).prepare(sample).tokens``: a prepare, no forward
@@ -35,7 +37,7 @@ import traceback
 from functools import cache
 from pathlib import Path
 
-from paper_figures import index, layout_strip, registry
+from paper_figures import common, index, layout_strip, registry
 
 DEMO = ("planted-omni", "planted-salmonn", "planted-omni-interleaved", "tiny-omni", "tiny-salmonn")
 LAYOUT_FROM = ("av_video_knockout", "interleaved_knockout")
@@ -46,12 +48,14 @@ def run_missing(results: Path, experiments: Path, models: tuple[str, ...], load)
     """Run, per model, the experiments without records (each after those it reads); returns "name on model"s."""
     from avmech.experiment import in_order, run_experiment, up_to_date
 
-    ran = []
+    ran, covered = [], planted_datasets(models)
     for model in models:
-        exps = experiments_for(model, experiments)
+        exps = experiments_for(model, experiments, covered)
         skipped = sorted({p.stem for p in experiments.glob("*.toml")} - {e.name for e in exps})
         if skipped:
-            print(f"not running {', '.join(skipped)} on {model}: it is not trained on their data sets", flush=True)
+            why = ("it is not trained on their data sets" if common.is_planted(model)
+                   else "a planted demo model runs their data sets")
+            print(f"not running {', '.join(skipped)} on {model}: {why}", flush=True)
         for exp in in_order(exps):
             if up_to_date(exp, results):  # records of another configuration: an error naming the folder
                 continue
@@ -61,15 +65,29 @@ def run_missing(results: Path, experiments: Path, models: tuple[str, ...], load)
     return ran
 
 
-def experiments_for(model: str, experiments: Path) -> list:
+def planted_datasets(models: tuple[str, ...]) -> frozenset[str]:
+    """The data sets the planted models among ``models`` are trained on."""
+    from avmech.models.planted import RECIPES
+
+    return frozenset(RECIPES[m].dataset for m in models if m in RECIPES)
+
+
+def experiments_for(model: str, experiments: Path, covered: frozenset[str] = frozenset()) -> list:
     """The experiment files as ``model`` runs them: a planted model on its planted questions, and only
-    the experiments on a data set it was trained on (the others are named as skipped)."""
+    the experiments on the data set it was trained on; any other model the experiments on a data set
+    not in ``covered`` (those a planted model among the demo models runs: the random demo models
+    draw only what no planted one can), with those whose records they read. The others are named
+    as skipped."""
     from avmech.experiment import load_experiment
     from avmech.models.planted import RECIPES
 
     paths = sorted(experiments.glob("*.toml"))
     if model not in RECIPES:
-        return [load_experiment(p, model=model) for p in paths]
+        exps = {e.name: e for e in (load_experiment(p, model=model) for p in paths)}
+        keep = [name for name, e in exps.items() if e.data.dataset not in covered]
+        for name in keep:  # and the experiments whose records those read (grows while it is walked)
+            keep += [i for i in exps[name].inputs.values() if i in exps and i not in keep]
+        return [e for name, e in exps.items() if name in keep]
     exps = [load_experiment(p, model=model, root="planted") for p in paths]
     return [e for e in exps if e.data.dataset == RECIPES[model].dataset]
 

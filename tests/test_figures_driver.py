@@ -140,7 +140,13 @@ def test_a_planted_model_runs_the_experiments_of_its_data_on_its_planted_questio
     interleaved = make.experiments_for("planted-omni-interleaved", make.EXPERIMENTS)
     assert {e.name for e in interleaved} == {"interleaved_knockout", "token_discard_interleaved"}
     assert {e.data.root for e in interleaved} == {"planted"}
-    assert {e.data.root for e in make.experiments_for("tiny-omni", make.EXPERIMENTS)} == {"synthetic"}
+    everything = make.experiments_for("tiny-omni", make.EXPERIMENTS)
+    assert {e.data.root for e in everything} == {"synthetic"} and len(everything) == len(list(make.EXPERIMENTS.glob("*.toml")))
+    # beside the planted demo models, a random one runs only what none of them can: WorldSense's experiment,
+    # and the sweep whose records it reads
+    rest = make.experiments_for("tiny-omni", make.EXPERIMENTS, make.planted_datasets(make.DEMO))
+    assert make.planted_datasets(make.DEMO) == {"av-speakerbench", "av-odyssey"}
+    assert {e.name for e in rest} == {"worldsense_discard", "av_video_knockout"}
 
 
 def test_layout_file_is_the_prepared_token_map(tmp_path, omni):
