@@ -56,8 +56,9 @@ def table(records: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for experiment, (column, answered_by, streams) in ANSWERED_BY.items():
         planted = records[experiment][records[experiment]["model"].map(common.is_planted)]
-        if column not in planted:
-            continue
+        if not planted.empty and column not in planted:
+            raise ValueError(f"the planted models' {experiment} records have no {column!r} column to tell the "
+                             f"questions apart by: rerun the experiment ({', '.join(planted['model'].unique())})")
         for model in common.order_models(planted["model"].unique()):
             for task, answering in answered_by.items():
                 g = planted[(planted["model"] == model) & (planted[column] == task)]

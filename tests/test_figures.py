@@ -514,3 +514,5 @@ def test_planted_check_states_each_expectation_and_whether_it_holds():
                                                                    "candidates->reference"}  # question: not checked
     with pytest.raises(FileNotFoundError, match="no planted model"):  # a random model: nothing is known in advance
         numbers({"av_video_knockout": knockout(edges), "interleaved_knockout": interleaved.assign(model=DEMO)})
+    with pytest.raises(ValueError, match="no 'direction' column"):  # rows it cannot tell apart: never dropped
+        numbers({"av_video_knockout": records, "interleaved_knockout": interleaved.drop(columns="direction")})

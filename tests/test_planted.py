@@ -21,8 +21,8 @@ import pytest
 from avmech import AttentionKnockout, AttentionRead, TokenDrop, data
 from avmech.data import planted
 from avmech.errors import InputError
-from avmech.sample import LETTERS
 from avmech.models.planted import PLANTED_FILE, RECIPES, Recipe
+from avmech.sample import LETTERS
 
 MODALITIES = ("audio", "video")
 GROUPS = {"audio": "audio_tokens", "video": "video"}
