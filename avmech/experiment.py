@@ -207,15 +207,18 @@ def in_order(experiments: Iterable[Experiment]) -> list[Experiment]:
     return out
 
 
-def load_samples(spec: DataSpec, seed: int = 0) -> list:
-    """The samples of a data spec: the embedded synthetic set, or a local copy of the benchmark."""
+def load_samples(spec: DataSpec, seed: int = 0, model: str | None = None) -> list:
+    """The samples of a data spec: the embedded synthetic set, the planted one (of the tasks and
+    variants ``model`` is trained on, when it is a planted model), or a local copy of the benchmark."""
     from avmech import data
+    from avmech.models.planted import RECIPES
 
     root = spec.root
     if root == "synthetic":
         root = data.synthetic.ensure(spec.dataset, n=spec.n_synthetic, seed=seed, seconds=spec.synthetic_seconds)
     elif root == "planted":
-        root = data.planted.ensure(spec.dataset, n=spec.n_synthetic, seed=seed)
+        scope = {"tasks": RECIPES[model].tasks, "variants": RECIPES[model].variants} if model in RECIPES else {}
+        root = data.planted.ensure(spec.dataset, n=spec.n_synthetic, seed=seed, **scope)
     samples = data.read(spec.dataset, root, split=spec.split, limit=spec.limit, select=spec.select)
     return [dataclasses.replace(s, layout=spec.layout) for s in samples]
 
@@ -366,7 +369,7 @@ def execute(
     # On an NDIF server the LLM runs there: load only what runs here (processor, encoders, embeddings).
     decoder = "server" if exp.backend == "ndif" else "local"
     m = model if model is not None else avmech.load(exp.model, seed=exp.seed, decoder=decoder)
-    samples = load_samples(exp.data, exp.seed)
+    samples = load_samples(exp.data, exp.seed, exp.model)
     if shard is not None:
         samples = samples[shard[0]::shard[1]]
     fp = fingerprint(exp, _revision(m), inputs)

@@ -119,7 +119,7 @@ def write_layout(results: Path, experiments: Path, model: str, load) -> Path:
     m = load(model, exps[0].seed)
     samples = []
     for exp in exps:
-        sample = load_samples(exp.data, exp.seed)[0]
+        sample = load_samples(exp.data, exp.seed, exp.model)[0]
         layouts = [sample.layout] + ([other for other in ("study", "dataset") if other != sample.layout]
                                      if sample.items else [])
         for layout in layouts:

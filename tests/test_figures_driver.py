@@ -149,6 +149,24 @@ def test_a_planted_model_runs_the_experiments_of_its_data_on_its_planted_questio
     assert {e.name for e in rest} == {"worldsense_discard", "av_video_knockout"}
 
 
+def test_a_planted_models_experiments_read_the_planted_questions_of_its_own_tasks(tmp_path, monkeypatch):
+    """``root = "planted"`` is the set of the tasks and orders the experiment's model was trained on
+    (planted-omni-shuffled's experiments must not ask it about beeps it never heard)."""
+    from avmech.data import planted
+    from avmech.experiment import DataSpec, load_samples
+
+    monkeypatch.setenv("AVMECH_CACHE", str(tmp_path))
+    spec = DataSpec(dataset="av-speakerbench", root="planted", n_synthetic=12)
+
+    def tasks(model):
+        return {s.meta["task_id"] for s in load_samples(spec, 0, model)}
+
+    assert tasks("planted-omni-shuffled") == {planted.task_label(t, v) for t in ("pitch", "colour", "binding")
+                                              for v in ("fixed", "shuffled")}
+    trained = {planted.task_label(t, "fixed") for t in planted.TRAINED}
+    assert tasks("planted-omni") == trained and tasks("tiny-omni") == trained and tasks(None) == trained
+
+
 def test_layout_file_is_the_prepared_token_map(tmp_path, omni):
     import dataclasses
 

@@ -17,6 +17,7 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+import torch
 
 from avmech import AttentionKnockout, AttentionRead, TokenDrop, data
 from avmech.data import planted
@@ -135,9 +136,18 @@ def planted_model(request):
     return request.getfixturevalue(request.param)
 
 
+# Where planted-omni-shuffled's flows do not show the planted routes (README, "Planted pathways").
+SHUFFLED_DIVERGES = {
+    "test_each_stream_carries_its_tasks_and_binding_needs_both[colour]":
+        "cutting the sound lowers p on the colour questions to x0.56 in the fixed order and x0.39 shuffled "
+        "(accuracy 50% / 38%; sound -> question block alone, shuffled: x0.41): learned beside the task that reads "
+        "the colour while the tone sounds, the colour answer leans on the sound",
+}
+
+
 @pytest.fixture(autouse=True)
 def _known_divergences(request):
-    reason = SALMONN_DIVERGES.get(request.node.name)
+    reason = SALMONN_DIVERGES.get(request.node.name) or SHUFFLED_DIVERGES.get(request.node.name)
     if reason:
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
@@ -265,6 +275,28 @@ def test_a_model_that_did_not_learn_is_refused_not_saved(tmp_path, monkeypatch):
     with pytest.raises(ModelError, match="did not learn its tasks"):
         recipe.build("planted-omni", tmp_path / "model")
     assert not (tmp_path / "model").exists()
+
+
+def test_a_text_lookup_is_the_correct_option_then_the_options_answered_with_its_letter(omni, tmp_path):
+    """The warm-up of the shuffled recipe, on the real tokenizer: the correct option's text, then the
+    prompt from its first letter on, then that option's letter; no media."""
+    from avmech.models.planted import _examples
+
+    samples = data.read("av-speakerbench", planted.write("av-speakerbench", tmp_path / "q", n=4, seed=2,
+                                                         tasks=("motion",), variants=("shuffled",)))
+    examples, lookups = _examples(omni, samples, "test")
+    tok = omni.processor.tokenizer
+    embed = omni.hf.get_input_embeddings()
+    for s, e, lookup in zip(samples, examples, lookups):
+        ids = [int((embed.weight == x).all(1).nonzero()[0, 0]) for x in lookup.embeds]  # back to the ids
+        text = tok.decode(ids)
+        options = "".join(f"{LETTERS[k]}. {o}\n" for k, o in enumerate(s.options))
+        assert text.startswith(f"{s.options[s.answer]}\n{options}"), text
+        assert text.endswith("assistant\n" + LETTERS[s.answer]) and ids[-1] == e.answer_id
+        p = omni.prepare(s)
+        assert not set(ids) & set(p.input_ids[0, p.tokens.positions("av")].tolist())
+        assert lookup.task == s.meta["task_id"].replace(" (", " lookup (")
+        assert lookup.positions.shape == (3, len(ids)) and (lookup.positions[0] == torch.arange(len(ids))).all()
 
 
 def test_a_qformer_gain_on_a_family_without_a_qformer_is_refused(omni):
@@ -409,3 +441,81 @@ def test_the_sweep_and_the_attention_readout_agree_on_where_the_reference_moves(
     read = AttentionRead("all", "last", ("reference",))
     mass = np.mean([m.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in rows], 0)
     assert int(np.argmin(single)) == int(np.argmax(mass)), (single, mass)
+
+
+# ---- shuffled options and the task that needs both streams (planted-omni-shuffled) ------------
+# It trains in about 10 minutes on 2 cores: slow tier.
+
+SHUFFLED_TASKS = {"pitch": ("audio",), "colour": ("video",), "binding": ("audio", "video")}
+SHUFFLED_CUTS = {
+    "audio": AttentionKnockout("audio_tokens", "all - audio_tokens", "all"),
+    "video": AttentionKnockout("video", "all - video", "all"),
+    "options->last": AttentionKnockout("options", "last", "all"),
+}
+
+
+@pytest.fixture(scope="module")
+def shuffled_runs(planted_omni_shuffled):
+    """Per sample of the experiments' planted set of the model's tasks and variants (seed 0): its task,
+    its variant, the plain run and the runs with each of ``SHUFFLED_CUTS``."""
+    m, recipe, out = planted_omni_shuffled, RECIPES["planted-omni-shuffled"], []
+    for s in data.read("av-speakerbench", planted.ensure("av-speakerbench", n=48, tasks=recipe.tasks,
+                                                         variants=recipe.variants)):
+        p = m.prepare(s)
+        base, *cut = m.run_many(p, [[]] + [[c] for c in SHUFFLED_CUTS.values()])
+        out.append({"sample": s, "p": p, "task": s.meta["task_id"].split(" (")[0],
+                    "shuffled": s.meta["sub_category"] == "shuffled", "base": base, "cut": dict(zip(SHUFFLED_CUTS, cut))})
+    return out
+
+
+def shuffled_ratio(rows, cut: str) -> float:
+    return np.mean([r["cut"][cut].p_correct for r in rows]) / np.mean([r["base"].p_correct for r in rows])
+
+
+@pytest.mark.slow
+def test_planted_omni_shuffled_answers_every_task(planted_omni_shuffled_dir, shuffled_runs):
+    report = json.loads((planted_omni_shuffled_dir / PLANTED_FILE).read_text())
+    assert report["recipe"]["digest"] == RECIPES["planted-omni-shuffled"].digest()
+    accuracy = report["held_out_accuracy"]
+    assert set(accuracy) == {planted.task_label(t, v) for t in SHUFFLED_TASKS for v in planted.VARIANTS}
+    for task, value in accuracy.items():  # the issue's bars: 95% in the fixed order, 90% shuffled or binding
+        assert value >= (0.95 if "fixed" in task and "binding" not in task else 0.9), (task, value)
+    assert min(report["held_out_lookup_accuracy"].values()) >= 0.9
+    assert np.mean([r["base"].correct for r in shuffled_runs]) >= 0.9
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", SHUFFLED_TASKS)
+def test_shuffled_options_are_read_by_the_last_position(shuffled_runs, task):
+    """With the options shuffled the letter is found by reading them: cutting the options' edges into
+    the last position must lower p(correct) by at least half. (In the fixed order it may, or not: the
+    model, trained on both orders, reads them there too: x0.20-0.50, README.)"""
+    rows = [r for r in shuffled_runs if r["task"] == task and r["shuffled"]]
+    assert rows and shuffled_ratio(rows, "options->last") <= 0.5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", SHUFFLED_TASKS)
+def test_each_stream_carries_its_tasks_and_binding_needs_both(shuffled_runs, task):
+    rows = [r for r in shuffled_runs if r["task"] == task]
+    for stream in MODALITIES:
+        ratio = shuffled_ratio(rows, stream)
+        if stream in SHUFFLED_TASKS[task]:
+            assert ratio <= 0.5, f"cutting {stream} left p(correct) of {task} at x{ratio:.2f}"
+        else:
+            assert ratio >= 0.8, f"cutting {stream} moved p(correct) of {task} to x{ratio:.2f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", SHUFFLED_TASKS)
+def test_the_sweep_and_the_attention_readout_agree_on_the_layers_that_read_the_options(
+        planted_omni_shuffled, shuffled_runs, task):
+    """On the shuffled questions, the layers where cutting options -> last alone lowers p(correct) by
+    more than 10% are those where the last position puts at least 30% of its attention on the options."""
+    m, rows = planted_omni_shuffled, [r for r in shuffled_runs if r["task"] == task and r["shuffled"]]
+    cuts = [[AttentionKnockout("options", "last", [layer])] for layer in range(m.n_layers)]
+    single = np.mean([[x.p_correct / r["base"].p_correct for x in m.run_many(r["p"], cuts)] for r in rows], 0)
+    read = AttentionRead("all", "last", ("options",))
+    mass = np.mean([m.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in rows], 0)
+    moving = {layer for layer in range(m.n_layers) if single[layer] < 0.9}
+    assert moving and moving == {layer for layer in range(m.n_layers) if mass[layer] >= 0.3}, (single, mass)

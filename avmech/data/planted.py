@@ -1,8 +1,8 @@
 """The planted tasks: synthetic questions whose answer can come from one known modality only.
 
 The planted demo models (``planted-omni``, ``planted-salmonn``, `avmech.models.planted`) are
-trained on these tasks (``TRAINED`` in ``TRAINED_VARIANTS``), so the route the answer takes is
-known before any flow runs: the flows are checked against it (``tests/test_planted.py``),
+trained on these tasks (``TRAINED`` in ``TRAINED_VARIANTS``; ``planted-omni-shuffled`` on pitch,
+colour and binding in both variants), so the route the answer takes is known before any flow runs: the flows are checked against it (``tests/test_planted.py``),
 as interpretability methods are checked on models whose mechanism is known.
 
 **Audio-visual video** (AV-SpeakerBench and WorldSense layouts). Every clip lasts 2 s:

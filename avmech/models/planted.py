@@ -10,7 +10,10 @@ on the planted tasks of
 shape, the way it moves), the other stream drawn at random. ``planted-omni-interleaved``
 learns the interleaved configuration: AV-Odyssey questions whose audio (or image)
 reference is matched against four image (or audio) candidates in the class order, so that
-the letter follows from the reference alone. So, before any flow runs,
+the letter follows from the reference alone. ``planted-omni-shuffled`` answers pitch, colour and
+the task that needs both streams (the colour shown while the tone sounds) with the options in
+the fixed order and shuffled, where it must read the options to find the letter: the
+options -> last route is exercised. So, before any flow runs,
 we know which tokens must carry the answer to the last position, and the known-answer
 tests (``tests/test_planted.py``) check that the knockouts, the sweeps, the attention
 readouts and token discarding say so.
@@ -34,7 +37,12 @@ The recipe, all of it in `Recipe` (one entry of `RECIPES` per model):
    as they are) on the cross-entropy, over the full vocabulary, of the correct option
    letter at the last position and of the end of the turn after it (so greedy decoding
    answers with the letter and stops): AdamW, mini-batches, a linear warm-up and a
-   cosine decay, gradients clipped. `train` is the whole loop.
+   cosine decay, gradients clipped. `train` is the whole loop. Where the options are shuffled
+   the model must find the letter that stands before the option it perceived, a matching a
+   small transformer finds slowly (at chance for a thousand steps); so such a recipe first
+   trains on each question's text lookup (`_lookup`: the correct option's text, then the
+   options, answered with its letter; short prompts without media, learned in about 300
+   steps), then on the media questions with a quarter of the lookups mixed in.
 4. Measure held-out accuracy per task, save it beside the weights (``planted.json``,
    with the recipe and the measured times) and save the model as an ordinary checkpoint.
 
@@ -94,6 +102,12 @@ class Recipe:
     lr: float = 1e-3
     warmup: int = 100
     weight_decay: float = 0.0
+    # Text lookups (`_lookup`): steps on them alone, in batches of ``lookup_batch``, before the media
+    # questions; then ``lookup_share`` of them mixed into the media questions. Without them shuffled
+    # options were not learned in the 10 minutes (README, "Planted pathways").
+    lookup_steps: int = 0
+    lookup_batch: int = 64
+    lookup_share: float = 0.0
     seed: int = 0
     tasks: tuple[str, ...] = planted.TRAINED
     variants: tuple[str, ...] = planted.TRAINED_VARIANTS
@@ -123,12 +137,13 @@ class Example:
     task: str
 
 
-def _examples(m: AVModel, samples, progress: str) -> list[Example]:
+def _examples(m: AVModel, samples, progress: str) -> tuple[list[Example], list[Example]]:
+    """Each sample as the LLM sees it, answered, and its text lookup (see `_lookup`)."""
     from tqdm import tqdm
 
     end = m.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
     embed = m.hf.get_input_embeddings()
-    out = []
+    out, lookups = [], []
     for s in tqdm(samples, desc=progress, leave=False):
         p = m.prepare(s)
         e = m.encode(p)
@@ -137,7 +152,24 @@ def _examples(m: AVModel, samples, progress: str) -> list[Example]:
             embeds = torch.cat([e.inputs_embeds[0], embed(torch.tensor([answer]))])
         positions = torch.cat([e.position_ids[:, 0], e.position_ids[:, 0, -1:] + 1], dim=1)
         out.append(Example(embeds, positions, answer, end, tuple(p.answer_ids), planted.task_of(s)))
-    return out
+        lookups.append(_lookup(m, p, out[-1]))
+    return out, lookups
+
+
+def _lookup(m: AVModel, p, example: Example) -> Example:
+    """The question's text lookup: the correct option's text, then the prompt from its first option
+    letter on (the options and the end of the turn), answered with the same letter, no media at all.
+    Which letter stands before a given text is the matching that shuffled options need; learned on
+    these short prompts first, it is learned in a few hundred steps (step 3 of the recipe)."""
+    tok = m.processor.tokenizer
+    first = p.tokens.roles.index("option_letter")
+    text = p.sample.options[p.sample.answer]
+    ids = [*tok.encode(text + "\n"), *p.input_ids[0, first:].tolist(), example.answer_id]
+    with torch.no_grad():
+        embeds = m.hf.get_input_embeddings()(torch.tensor(ids))
+    positions = torch.arange(len(ids)).expand(len(example.positions), -1).clone()
+    task = example.task.replace(" (", " lookup (", 1)
+    return Example(embeds, positions, example.answer_id, example.end_id, example.letter_ids, task)
 
 
 def _batch(examples: list[Example]):
@@ -232,6 +264,12 @@ RECIPES = {
     # 3 on: x0.87), so each configuration has its model. The matching is learned in about 400 steps.
     "planted-omni-interleaved": Recipe(family="qwen2.5-omni", dataset="av-odyssey", layout="study", n_train=600,
                                        steps=500),
+    # Shuffled options (the model must read them) and the task that needs both streams, in both orders:
+    # the text lookups first. Count and motion are left out: their shuffled variants were not learned in
+    # the budget (motion's options share their words: "left to right", "right to left").
+    "planted-omni-shuffled": Recipe(family="qwen2.5-omni", tasks=("pitch", "colour", "binding"),
+                                    variants=("fixed", "shuffled"), n_train=1800, steps=1500, lookup_steps=400,
+                                    lookup_share=0.25),
     "planted-salmonn": Recipe(family="video-salmonn2+", qformer_gain=64.0, n_train=1000, steps=1000),
 }
 
@@ -320,15 +358,21 @@ def _build(name: str, recipe: Recipe, path: Path, seed: int) -> None:
         m = _random_model(recipe, name, tmp / "random", recipe.seed + seed)
         _gain(m, recipe)
         start = time.time()
-        examples = _examples(m, _questions(recipe, tmp / "train", recipe.n_train, 1000 + seed),
-                             f"{name}: encoding the training set")
-        held_out = _examples(m, _questions(recipe, tmp / "held-out", recipe.n_eval, 2000 + seed),
-                             f"{name}: encoding the held-out set")
+        examples, lookups = _examples(m, _questions(recipe, tmp / "train", recipe.n_train, 1000 + seed),
+                                      f"{name}: encoding the training set")
+        held_out, held_out_lookups = _examples(m, _questions(recipe, tmp / "held-out", recipe.n_eval, 2000 + seed),
+                                               f"{name}: encoding the held-out set")
         prepared = time.time() - start
-        log = train(m, examples, recipe)
+        phases = []
+        if recipe.lookup_steps:
+            phases.append(train(m, lookups, replace(recipe, steps=recipe.lookup_steps, batch=recipe.lookup_batch)))
+        phases.append(train(m, examples + lookups[:round(recipe.lookup_share * len(lookups))], recipe))
         report = {"recipe": asdict(recipe) | {"digest": recipe.digest()}, "seconds_data": round(prepared, 1),
-                  "seconds_training": round(log[-1]["seconds"], 1), "final_loss": log[-1]["loss"],
-                  "held_out_accuracy": accuracy(m, held_out), "n_held_out": len(held_out)}
+                  "seconds_training": round(sum(log[-1]["seconds"] for log in phases), 1),
+                  "final_loss": phases[-1][-1]["loss"], "held_out_accuracy": accuracy(m, held_out),
+                  "n_held_out": len(held_out)}
+        if recipe.lookup_steps:
+            report["held_out_lookup_accuracy"] = accuracy(m, held_out_lookups)
         if min(report["held_out_accuracy"].values()) < MIN_ACCURACY:
             raise ModelError(f"{name} did not learn its tasks (held-out accuracy {report['held_out_accuracy']}, below "
                              f"{MIN_ACCURACY:.0%} on some; recipe {recipe.digest()}): it was not saved, since its "
