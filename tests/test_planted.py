@@ -185,12 +185,16 @@ def test_the_planted_model_answers_every_task(request, planted_model, planted_ru
 def test_cutting_a_modality_silences_its_tasks_and_spares_the_others(planted_runs, cut):
     for answering in MODALITIES:
         rows = [r for r in planted_runs if r["modality"] == answering]
-        base = np.mean([r["base"].p_correct for r in rows])
-        after = np.mean([r["cut"][cut].p_correct for r in rows])
+        ratio = p_ratio(rows, cut)
         if answering == cut:
-            assert after <= 0.5 * base, f"cutting {cut} left p(correct) of {answering} tasks at {after / base:.0%}"
+            assert ratio <= 0.5, f"cutting {cut} left p(correct) of {answering} tasks at {ratio:.0%}"
         else:
-            assert after >= 0.8 * base, f"cutting {cut} moved p(correct) of {answering} tasks to {after / base:.0%}"
+            assert ratio >= 0.8, f"cutting {cut} moved p(correct) of {answering} tasks to {ratio:.0%}"
+
+
+def p_ratio(rows, cut: str) -> float:
+    """Mean p(correct) with ``cut`` over mean p(correct) of the plain runs, over ``rows``."""
+    return np.mean([r["cut"][cut].p_correct for r in rows]) / np.mean([r["base"].p_correct for r in rows])
 
 
 def transfer_profile(m, rows, group):
@@ -397,10 +401,9 @@ def interleaved_runs(planted_omni_interleaved):
 
 
 def ratios(rows, direction: str) -> dict[str, float]:
-    """Per cut: mean p(correct) after / before, over the questions of one direction."""
+    """Per cut: `p_ratio` over the questions of one direction."""
     rows = [r for r in rows if r["direction"] == direction]
-    base = np.mean([r["base"].p_correct for r in rows])
-    return {cut: np.mean([r["cut"][cut].p_correct for r in rows]) / base for cut in INTERLEAVED_CUTS}
+    return {cut: p_ratio(rows, cut) for cut in INTERLEAVED_CUTS}
 
 
 @pytest.mark.slow
@@ -468,10 +471,6 @@ def shuffled_runs(planted_omni_shuffled):
     return out
 
 
-def shuffled_ratio(rows, cut: str) -> float:
-    return np.mean([r["cut"][cut].p_correct for r in rows]) / np.mean([r["base"].p_correct for r in rows])
-
-
 @pytest.mark.slow
 def test_planted_omni_shuffled_answers_every_task(planted_omni_shuffled_dir, shuffled_runs):
     report = json.loads((planted_omni_shuffled_dir / PLANTED_FILE).read_text())
@@ -491,7 +490,7 @@ def test_shuffled_options_are_read_by_the_last_position(shuffled_runs, task):
     the last position must lower p(correct) by at least half. (In the fixed order it may, or not: the
     model, trained on both orders, reads them there too: x0.20-0.50, README.)"""
     rows = [r for r in shuffled_runs if r["task"] == task and r["shuffled"]]
-    assert rows and shuffled_ratio(rows, "options->last") <= 0.5
+    assert rows and p_ratio(rows, "options->last") <= 0.5
 
 
 @pytest.mark.slow
@@ -499,7 +498,7 @@ def test_shuffled_options_are_read_by_the_last_position(shuffled_runs, task):
 def test_each_stream_carries_its_tasks_and_binding_needs_both(shuffled_runs, task):
     rows = [r for r in shuffled_runs if r["task"] == task]
     for stream in MODALITIES:
-        ratio = shuffled_ratio(rows, stream)
+        ratio = p_ratio(rows, stream)
         if stream in SHUFFLED_TASKS[task]:
             assert ratio <= 0.5, f"cutting {stream} left p(correct) of {task} at x{ratio:.2f}"
         else:
