@@ -31,7 +31,8 @@ from matplotlib.ticker import MaxNLocator
 # avmech's embedded models (tests keep these in sync): random-weight models of the real
 # architectures, and planted ones, trained on synthetic tasks whose answer's route is known.
 DEMO_MODELS = frozenset({"tiny-omni", "tiny-salmonn", "tiny-qwen3-omni", "bench-omni"})
-PLANTED_MODELS = frozenset({"planted-omni", "planted-salmonn", "planted-omni-interleaved", "planted-omni-shuffled"})
+PLANTED_MODELS = frozenset({"planted-omni", "planted-salmonn", "planted-omni-interleaved", "planted-omni-shuffled",
+                            "planted-omni-interleaved-shuffled"})
 DEMO_MARK = "RANDOM demo model — not a finding"
 PLANTED_MARK = "planted demo model (trained on synthetic tasks; pathways known)"
 RECORDS = "records.parquet"
@@ -298,7 +299,8 @@ def finish(fig: Figure, title: str, meta: Meta, note: str = "", excluded: int | 
                       "(pitch, beeps) or the frames alone (colour, motion), (planted-omni-shuffled) with the options also "
                       "shuffled and a task that needs both (the colour while the tone sounds), or "
                       "(planted-omni-interleaved) on interleaved items answered by the reference alone "
-                      "(candidates in the class order), so the route the "
+                      "(candidates in the class order; planted-omni-interleaved-shuffled: also shuffled, matched "
+                      "against the reference), so the route the "
                       "answer must take is known; it checks the method, not how audio-visual LLMs behave.",
                       "#1b5e20"))
     if any(is_demo(m) for m in meta.models):

@@ -27,7 +27,8 @@ from avmech import media
 MODEL_FIXTURES = frozenset({"omni", "omni_eager", "salmonn", "salmonn_eager", "qwen3_omni", "qwen3_omni_eager",
                             "planted_omni", "planted_omni_dir", "planted_salmonn", "planted_salmonn_dir",
                             "planted_omni_interleaved", "planted_omni_interleaved_dir",
-                            "planted_omni_shuffled", "planted_omni_shuffled_dir"})
+                            "planted_omni_shuffled", "planted_omni_shuffled_dir",
+                            "planted_omni_interleaved_shuffled", "planted_omni_interleaved_shuffled_dir"})
 TIERS = ("unit", "integration", "slow", "real", "ndif")
 
 
@@ -166,6 +167,11 @@ def planted_omni_shuffled_dir():
 
 
 @pytest.fixture(scope="session")
+def planted_omni_interleaved_shuffled_dir():
+    return _planted_dir("planted-omni-interleaved-shuffled")
+
+
+@pytest.fixture(scope="session")
 def planted_omni(planted_omni_dir):
     return _planted("planted-omni")
 
@@ -183,6 +189,11 @@ def planted_omni_interleaved(planted_omni_interleaved_dir):
 @pytest.fixture(scope="session")
 def planted_omni_shuffled(planted_omni_shuffled_dir):
     return _planted("planted-omni-shuffled")
+
+
+@pytest.fixture(scope="session")
+def planted_omni_interleaved_shuffled(planted_omni_interleaved_shuffled_dir):
+    return _planted("planted-omni-interleaved-shuffled")
 
 
 @pytest.fixture(scope="session")

@@ -496,6 +496,7 @@ def test_planted_check_states_each_expectation_and_whether_it_holds():
     interleaved = knockout((("reference", "last"), ("candidates", "last"), ("candidates", "reference"),
                             ("question", "reference")), model="planted-omni",
                            tasks=(("A->I", ("s3",)), ("I->A", ("s1",))), task_col="direction")
+    interleaved["question_type_id"] = interleaved["direction"].map({"A->I": 5, "I->A": 6})  # count, fixed order
     numbers = {e.name: e for e in registry.entries()}["table_planted_check"].numbers
     t = numbers({"av_video_knockout": records, "interleaved_knockout": interleaved})
     rows = {(r.task, r.edge): r for r in t.itertuples()}
@@ -506,13 +507,24 @@ def test_planted_check_states_each_expectation_and_whether_it_holds():
     assert rows[VISUAL, "audio_tokens->last"].dp_pct == pytest.approx(-12.0) and rows[VISUAL, "audio_tokens->last"].holds
     assert (VISUAL, "video->question_block") not in rows  # the answering stream into the question: no expectation
     # the interleaved items are answered by the reference; the candidates (in the class order) carry nothing
-    assert rows["A->I", "reference->last"].dp_pct == pytest.approx(-62.0) and rows["A->I", "reference->last"].holds
-    assert rows["I->A", "reference->last"].dp_pct == pytest.approx(-12.0) and not rows["I->A", "reference->last"].holds
-    assert rows["A->I", "candidates->reference"].dp_pct == pytest.approx(62.0)
-    assert not rows["A->I", "candidates->reference"].holds and rows["I->A", "candidates->last"].holds
-    assert {e for task, e in rows if task in ("A->I", "I->A")} == {"reference->last", "candidates->last",
-                                                                   "candidates->reference"}  # question: not checked
+    ai, ia = "A->I (fixed order)", "I->A (fixed order)"
+    assert rows[ai, "reference->last"].dp_pct == pytest.approx(-62.0) and rows[ai, "reference->last"].holds
+    assert rows[ia, "reference->last"].dp_pct == pytest.approx(-12.0) and not rows[ia, "reference->last"].holds
+    assert rows[ai, "candidates->reference"].dp_pct == pytest.approx(62.0)
+    assert not rows[ai, "candidates->reference"].holds and rows[ia, "candidates->last"].holds
+    assert {e for task, e in rows if task in (ai, ia)} == {"reference->last", "candidates->last",
+                                                           "candidates->reference"}  # question: not checked
+    # shuffled candidates (type 1: count A->I) must be matched: they answer too, into the last position;
+    # and a model trained on both orders may match in the class order as well: nothing expected there
+    both = interleaved.assign(question_type_id=interleaved["direction"].map({"A->I": 1, "I->A": 6}))
+    rows = {(r.task, r.edge): r for r in numbers({"av_video_knockout": records, "interleaved_knockout": both})
+            .itertuples()}
+    shuffled = "A->I (shuffled)"
+    assert rows[shuffled, "candidates->last"].expected == "<= -50%" and (shuffled, "candidates->reference") not in rows
+    assert {e for task, e in rows if task == ia} == {"reference->last"}
     with pytest.raises(FileNotFoundError, match="no planted model"):  # a random model: nothing is known in advance
         numbers({"av_video_knockout": knockout(edges), "interleaved_knockout": interleaved.assign(model=DEMO)})
     with pytest.raises(ValueError, match="no 'direction' column"):  # rows it cannot tell apart: never dropped
         numbers({"av_video_knockout": records, "interleaved_knockout": interleaved.drop(columns="direction")})
+    with pytest.raises(ValueError, match="no 'question_type_id' column"):  # nor the candidates' order
+        numbers({"av_video_knockout": records, "interleaved_knockout": interleaved.drop(columns="question_type_id")})

@@ -166,6 +166,13 @@ def test_a_planted_models_experiments_read_the_planted_questions_of_its_own_task
     trained = {planted.task_label(t, "fixed") for t in planted.TRAINED}
     assert tasks("planted-omni") == trained and tasks("tiny-omni") == trained and tasks(None) == trained
 
+    def orders(model):  # the interleaved items: the candidates' orders the model was trained on
+        spec = DataSpec(dataset="av-odyssey", root="planted", n_synthetic=8)
+        return {planted.odyssey_type(s.meta["question_type_id"])[2] for s in load_samples(spec, 0, model)}
+
+    assert orders("planted-omni-interleaved-shuffled") == {"fixed", "shuffled"}
+    assert orders("planted-omni-interleaved") == {"fixed"}
+
 
 def test_layout_file_is_the_prepared_token_map(tmp_path, omni):
     import dataclasses

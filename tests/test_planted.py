@@ -144,10 +144,25 @@ SHUFFLED_DIVERGES = {
         "the colour while the tone sounds, the colour answer leans on the sound",
 }
 
+# Where planted-omni-interleaved-shuffled's flows do not show what was expected (README, "Planted pathways").
+AGREE = "test_the_sweep_and_the_attention_readout_agree_on_where_the_shuffled_candidates_reach_the_last_position"
+MATCHING_DIVERGES = {
+    "test_the_reference_answers_in_either_order[A->I-shuffled]":
+        "on the shuffled A->I items cutting reference -> last leaves p at x0.54 (accuracy 50%) and every edge of "
+        "the reference x0.41 (42%): the reference also reaches the last position through the tokens after it, "
+        "and without it the model still answers 42% of 24 (chance 25%)",
+    f"{AGREE}[A->I]": "cutting candidates -> last matters in layers 0 and 1 (x0.70, x0.79) while the last position "
+                      "puts 0.23 / 0.31 / 0.26 / 0.22 of its attention on the image candidates in layers 0-3",
+    f"{AGREE}[I->A]": "cutting candidates -> last matters in layers 0-2 (x0.66 / 0.68 / 0.59, layer 3: x0.98) while "
+                      "the last position puts 0.53-0.79 of its attention on the audio candidates in every layer, "
+                      "0.66 in layer 3, as planted-omni-interleaved does on the same clips with no effect",
+}
+
 
 @pytest.fixture(autouse=True)
 def _known_divergences(request):
-    reason = SALMONN_DIVERGES.get(request.node.name) or SHUFFLED_DIVERGES.get(request.node.name)
+    name = request.node.name
+    reason = SALMONN_DIVERGES.get(name) or SHUFFLED_DIVERGES.get(name) or MATCHING_DIVERGES.get(name)
     if reason:
         request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
 
@@ -515,6 +530,93 @@ def test_the_sweep_and_the_attention_readout_agree_on_the_layers_that_read_the_o
     cuts = [[AttentionKnockout("options", "last", [layer])] for layer in range(m.n_layers)]
     single = np.mean([[x.p_correct / r["base"].p_correct for x in m.run_many(r["p"], cuts)] for r in rows], 0)
     read = AttentionRead("all", "last", ("options",))
+    mass = np.mean([m.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in rows], 0)
+    moving = {layer for layer in range(m.n_layers) if single[layer] < 0.9}
+    assert moving and moving == {layer for layer in range(m.n_layers) if mass[layer] >= 0.3}, (single, mass)
+
+
+# ---- interleaved items with shuffled candidates (planted-omni-interleaved-shuffled) ------------
+# It trains in about 10 minutes on 2 cores: slow tier.
+
+ORDERS = ("fixed", "shuffled")
+MATCHING_CUTS = INTERLEAVED_CUTS | {"candidates->reference": AttentionKnockout("candidates", "reference", "all")}
+
+
+@pytest.fixture(scope="module")
+def matching_runs(planted_omni_interleaved_shuffled):
+    """Per sample of the experiments' planted AV-Odyssey set of both orders (seed 0, 96 questions, 12 per
+    type), in the study's layout: its direction, the candidates' order, the plain run and the runs with
+    each of ``MATCHING_CUTS``."""
+    from dataclasses import replace
+
+    m, out = planted_omni_interleaved_shuffled, []
+    for s in data.read("av-odyssey", planted.ensure("av-odyssey", n=96, variants=ORDERS)):
+        p = m.prepare(replace(s, layout="study"))
+        base, *cut = m.run_many(p, [[]] + [[c] for c in MATCHING_CUTS.values()])
+        _, direction, order = planted.odyssey_type(s.meta["question_type_id"])
+        out.append({"sample": s, "p": p, "direction": direction, "order": order, "base": base,
+                    "cut": dict(zip(MATCHING_CUTS, cut))})
+    return out
+
+
+def matching(rows, direction: str, order: str) -> list[dict]:
+    return [r for r in rows if r["direction"] == direction and r["order"] == order]
+
+
+@pytest.mark.slow
+def test_planted_omni_interleaved_shuffled_answers_every_item_task(planted_omni_interleaved_shuffled_dir,
+                                                                   matching_runs):
+    report = json.loads((planted_omni_interleaved_shuffled_dir / PLANTED_FILE).read_text())
+    assert report["recipe"]["digest"] == RECIPES["planted-omni-interleaved-shuffled"].digest()
+    accuracy = report["held_out_accuracy"]
+    assert set(accuracy) == {f"{c} {d} ({planted.VARIANT_NAMES[o]})" for c in ("count", "pitch") for d in DIRECTIONS
+                             for o in ORDERS}
+    for task, value in accuracy.items():  # the issue's bars: 95% in the class order, 90% shuffled
+        assert value >= (0.95 if "fixed" in task else 0.9), (task, value)
+    for order in ORDERS:
+        assert np.mean([r["base"].correct for r in matching_runs if r["order"] == order]) >= 0.9, order
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ORDERS)
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_the_reference_answers_in_either_order(matching_runs, direction, order):
+    """The reference holds the class the answer must match, in either order: cutting its edges, or
+    only those into the last position, lowers p(correct) by at least half."""
+    ratio = {cut: p_ratio(matching(matching_runs, direction, order), cut) for cut in MATCHING_CUTS}
+    assert ratio["reference"] <= 0.5 and ratio["reference->last"] <= 0.5, ratio
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_shuffled_candidates_carry_the_answer(matching_runs, direction):
+    """Shuffled, the letter is that of the candidate that matches the reference: cutting the candidates'
+    edges lowers p(correct) by at least half (planted-omni-interleaved, trained on the class order
+    alone, does not read them: x1.00)."""
+    ratio = p_ratio(matching(matching_runs, direction, "shuffled"), "candidates")
+    assert ratio <= 0.5, f"cutting the shuffled candidates left p(correct) at x{ratio:.2f}"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_the_sweep_finds_where_the_shuffled_candidates_move_and_discarding_them_after_it_keeps_the_answer(
+        planted_omni_interleaved_shuffled, matching_runs, direction):
+    """The candidates' route is visible in the sweep: cutting their edges from layer 0 on matters, the
+    transfer is over before the last layer, and dropping them after it keeps the answer (before it: chance)."""
+    rows = matching(matching_runs, direction, "shuffled")
+    check_discarding_after_the_transfer(planted_omni_interleaved_shuffled, rows, "candidates")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_the_sweep_and_the_attention_readout_agree_on_where_the_shuffled_candidates_reach_the_last_position(
+        planted_omni_interleaved_shuffled, matching_runs, direction):
+    """On the shuffled items, the layers where cutting candidates -> last alone lowers p(correct) by more
+    than 10% are those where the last position puts at least 30% of its attention on the candidates."""
+    m, rows = planted_omni_interleaved_shuffled, matching(matching_runs, direction, "shuffled")
+    cuts = [[AttentionKnockout("candidates", "last", [layer])] for layer in range(m.n_layers)]
+    single = np.mean([[x.p_correct / r["base"].p_correct for x in m.run_many(r["p"], cuts)] for r in rows], 0)
+    read = AttentionRead("all", "last", ("candidates",))
     mass = np.mean([m.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in rows], 0)
     moving = {layer for layer in range(m.n_layers) if single[layer] < 0.9}
     assert moving and moving == {layer for layer in range(m.n_layers) if mass[layer] >= 0.3}, (single, mass)

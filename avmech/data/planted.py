@@ -2,8 +2,9 @@
 
 The planted demo models (``planted-omni``, ``planted-salmonn``, `avmech.models.planted`) are
 trained on these tasks (``TRAINED`` in ``TRAINED_VARIANTS``; ``planted-omni-shuffled`` on pitch,
-colour and binding in both variants), so the route the answer takes is known before any flow runs: the flows are checked against it (``tests/test_planted.py``),
-as interpretability methods are checked on models whose mechanism is known.
+colour and binding in both variants, ``planted-omni-interleaved-shuffled`` on the interleaved items in
+both), so the route the answer takes is known before any flow runs: the flows are checked against it
+(``tests/test_planted.py``), as interpretability methods are checked on models whose mechanism is known.
 
 **Audio-visual video** (AV-SpeakerBench and WorldSense layouts). Every clip lasts 2 s:
 one square or circle (a quarter of the frame wide) of one of four colours crosses a dark
