@@ -526,10 +526,16 @@ def test_the_sweep_and_the_attention_readout_agree_on_the_layers_that_read_the_o
         planted_omni_shuffled, shuffled_runs, task):
     """On the shuffled questions, the layers where cutting options -> last alone lowers p(correct) by
     more than 10% are those where the last position puts at least 30% of its attention on the options."""
-    m, rows = planted_omni_shuffled, [r for r in shuffled_runs if r["task"] == task and r["shuffled"]]
-    cuts = [[AttentionKnockout("options", "last", [layer])] for layer in range(m.n_layers)]
+    check_read_where_it_matters(planted_omni_shuffled,
+                                [r for r in shuffled_runs if r["task"] == task and r["shuffled"]], "options")
+
+
+def check_read_where_it_matters(m, rows, group: str) -> None:
+    """The layers where cutting ``group`` -> last alone lowers p(correct) by more than 10% are exactly
+    those where the last position puts at least 30% of its attention on ``group``."""
+    cuts = [[AttentionKnockout(group, "last", [layer])] for layer in range(m.n_layers)]
     single = np.mean([[x.p_correct / r["base"].p_correct for x in m.run_many(r["p"], cuts)] for r in rows], 0)
-    read = AttentionRead("all", "last", ("options",))
+    read = AttentionRead("all", "last", (group,))
     mass = np.mean([m.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in rows], 0)
     moving = {layer for layer in range(m.n_layers) if single[layer] < 0.9}
     assert moving and moving == {layer for layer in range(m.n_layers) if mass[layer] >= 0.3}, (single, mass)
@@ -613,10 +619,5 @@ def test_the_sweep_and_the_attention_readout_agree_on_where_the_shuffled_candida
         planted_omni_interleaved_shuffled, matching_runs, direction):
     """On the shuffled items, the layers where cutting candidates -> last alone lowers p(correct) by more
     than 10% are those where the last position puts at least 30% of its attention on the candidates."""
-    m, rows = planted_omni_interleaved_shuffled, matching(matching_runs, direction, "shuffled")
-    cuts = [[AttentionKnockout("candidates", "last", [layer])] for layer in range(m.n_layers)]
-    single = np.mean([[x.p_correct / r["base"].p_correct for x in m.run_many(r["p"], cuts)] for r in rows], 0)
-    read = AttentionRead("all", "last", ("candidates",))
-    mass = np.mean([m.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in rows], 0)
-    moving = {layer for layer in range(m.n_layers) if single[layer] < 0.9}
-    assert moving and moving == {layer for layer in range(m.n_layers) if mass[layer] >= 0.3}, (single, mass)
+    check_read_where_it_matters(planted_omni_interleaved_shuffled,
+                                matching(matching_runs, direction, "shuffled"), "candidates")
