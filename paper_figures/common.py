@@ -159,6 +159,14 @@ def load_many(results_dir: str | Path, experiments: tuple[str, ...]) -> tuple[di
     return out, Meta(tuple(sources))
 
 
+def load_present(results_dir: str | Path, experiments: tuple[str, ...]) -> tuple[dict[str, pd.DataFrame], Meta]:
+    """`load_many` over those of ``experiments`` that have records; none at all is a `FileNotFoundError`."""
+    present = tuple(e for e in experiments if any((Path(results_dir) / e).glob(f"*/{RECORDS}")))
+    if not present:
+        raise FileNotFoundError(f"no records of {' or '.join(experiments)} under {results_dir}: run one of them first")
+    return load_many(results_dir, present)
+
+
 def task_column(records: pd.DataFrame) -> str | None:
     """The column that splits these samples by task, if any."""
     return next((c for c in TASK_COLUMNS if c in records and records[c].notna().any()), None)

@@ -18,6 +18,8 @@ have rows: for a random or a real model nothing is known in advance.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 
 from paper_figures import common, registry
@@ -31,7 +33,8 @@ ANSWERED_BY = {
 }
 NOTE = ("the strongest mean Δp over the sweep's windows, over correctly answered samples; "
         "answering stream -> last: expected <= -50% in some window; the other stream -> any group: expected "
-        "within ±20% in every window.")
+        "within ±20% in every window. Interleaved items by the candidates' order: shuffled, the candidates answer "
+        "too; in the class order, of a model trained on both orders, nothing is expected of them.")
 
 
 def formatted(t: pd.DataFrame) -> pd.DataFrame:
@@ -77,11 +80,20 @@ def by_order(experiment: str, model_rows: pd.DataFrame, task_rows: pd.DataFrame,
     return out
 
 
-@registry.table("table_planted_check", TITLE, tuple(ANSWERED_BY), cells=formatted, note=NOTE)
+def read(results: Path) -> tuple[dict[str, pd.DataFrame], common.Meta]:
+    """The records of whichever of the two experiments were run (a model trained on one configuration
+    runs only its own)."""
+    return common.load_present(results, tuple(ANSWERED_BY))
+
+
+@registry.table("table_planted_check", TITLE, tuple(ANSWERED_BY), cells=formatted, note=NOTE, read=read)
 def table(records: dict[str, pd.DataFrame]) -> pd.DataFrame:
-    """One row per (planted model, experiment, task, swept edge from a checked stream)."""
+    """One row per (planted model, experiment, task, swept edge from a checked stream), over the
+    experiments in ``records``."""
     rows = []
     for experiment, (column, answered_by, streams) in ANSWERED_BY.items():
+        if experiment not in records:
+            continue
         planted = records[experiment][records[experiment]["model"].map(common.is_planted)]
         if not planted.empty and column not in planted:
             raise ValueError(f"the planted models' {experiment} records have no {column!r} column to tell the "

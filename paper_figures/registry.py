@@ -77,14 +77,14 @@ def figure(name: str, title: str, experiments: tuple[str, ...], note: str = "",
 
 
 def table(name: str, title: str, experiments: tuple[str, ...], cells: Callable[[pd.DataFrame], pd.DataFrame],
-          note: str = "") -> Callable:
+          note: str = "", read: Callable[[Path], tuple[Any, common.Meta]] | None = None) -> Callable:
     """Declare ``numbers(records) -> DataFrame`` as the table ``name``; its image shows ``cells(numbers)``.
     Each row counts the records its numbers left out (a column ``excluded``), and the footnote says so."""
     def declare(numbers: Callable) -> Callable:
         def draw(records, meta: common.Meta) -> Figure:
             return common.table_figure(cells(numbers(records)), title, meta, f"{note} {common.TABLE_EXCLUDED}".strip())
 
-        _add(Entry(name, title, experiments, draw, numbers.__module__, note, numbers=numbers, cells=cells))
+        _add(Entry(name, title, experiments, draw, numbers.__module__, note, numbers=numbers, cells=cells, read=read))
         return numbers
     return declare
 

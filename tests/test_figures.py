@@ -517,8 +517,8 @@ def test_planted_check_states_each_expectation_and_whether_it_holds():
     # shuffled candidates (type 1: count A->I) must be matched: they answer too, into the last position;
     # and a model trained on both orders may match in the class order as well: nothing expected there
     both = interleaved.assign(question_type_id=interleaved["direction"].map({"A->I": 1, "I->A": 6}))
-    rows = {(r.task, r.edge): r for r in numbers({"av_video_knockout": records, "interleaved_knockout": both})
-            .itertuples()}
+    t = numbers({"av_video_knockout": records, "interleaved_knockout": both})
+    rows = {(r.task, r.edge): r for r in t.itertuples()}
     shuffled = "A->I (shuffled)"
     assert rows[shuffled, "candidates->last"].expected == "<= -50%" and (shuffled, "candidates->reference") not in rows
     assert {e for task, e in rows if task == ia} == {"reference->last"}
@@ -528,3 +528,18 @@ def test_planted_check_states_each_expectation_and_whether_it_holds():
         numbers({"av_video_knockout": records, "interleaved_knockout": interleaved.drop(columns="direction")})
     with pytest.raises(ValueError, match="no 'question_type_id' column"):  # nor the candidates' order
         numbers({"av_video_knockout": records, "interleaved_knockout": interleaved.drop(columns="question_type_id")})
+    # a model trained on the interleaved items alone runs only interleaved_knockout: its rows alone
+    alone = numbers({"interleaved_knockout": both})
+    pd.testing.assert_frame_equal(alone, t[t["experiment"] == "interleaved_knockout"].reset_index(drop=True))
+
+
+def test_planted_check_reads_whichever_configuration_was_run(tmp_path):
+    entry = {e.name: e for e in registry.entries()}["table_planted_check"]
+    with pytest.raises(FileNotFoundError, match="no records of av_video_knockout or interleaved_knockout"):
+        entry.load(tmp_path)
+    interleaved = knockout((("reference", "last"),), model="planted-omni-interleaved", tasks=(("A->I", ("s3",)),),
+                           task_col="direction").assign(question_type_id=5)
+    write_results(tmp_path, "interleaved_knockout", interleaved, model="planted-omni-interleaved")
+    records, meta = entry.load(tmp_path)
+    assert set(records) == {"interleaved_knockout"} and list(meta.models) == ["planted-omni-interleaved"]
+    assert entry.numbers(records)["task"].tolist() == ["A->I (fixed order)"]
