@@ -23,12 +23,12 @@ import torch
 from transformers import PreTrainedModel
 
 from avmech import media
+from avmech.models.planted import RECIPES
 
+# Each planted model has two session fixtures (see `_planted_fixtures`): its checkpoint folder and the model.
+PLANTED_FIXTURES = {name: name.replace("-", "_") for name in RECIPES}
 MODEL_FIXTURES = frozenset({"omni", "omni_eager", "salmonn", "salmonn_eager", "qwen3_omni", "qwen3_omni_eager",
-                            "planted_omni", "planted_omni_dir", "planted_salmonn", "planted_salmonn_dir",
-                            "planted_omni_interleaved", "planted_omni_interleaved_dir",
-                            "planted_omni_shuffled", "planted_omni_shuffled_dir",
-                            "planted_omni_interleaved_shuffled", "planted_omni_interleaved_shuffled_dir"})
+                            *PLANTED_FIXTURES.values(), *(f"{key}_dir" for key in PLANTED_FIXTURES.values())})
 TIERS = ("unit", "integration", "slow", "real", "ndif")
 
 
@@ -146,54 +146,22 @@ def _planted(name: str):
         return avmech.load(name)
 
 
-@pytest.fixture(scope="session")
-def planted_omni_dir():
-    return _planted_dir("planted-omni")
+def _planted_fixtures(name: str, key: str):
+    """``<key>_dir``, the planted model's checkpoint folder (trained on first use), and ``<key>``, the model."""
+    @pytest.fixture(scope="session", name=f"{key}_dir")
+    def folder():
+        return _planted_dir(name)
+
+    @pytest.fixture(scope="session", name=key)
+    def model(request):
+        request.getfixturevalue(f"{key}_dir")
+        return _planted(name)
+
+    return folder, model
 
 
-@pytest.fixture(scope="session")
-def planted_salmonn_dir():
-    return _planted_dir("planted-salmonn")
-
-
-@pytest.fixture(scope="session")
-def planted_omni_interleaved_dir():
-    return _planted_dir("planted-omni-interleaved")
-
-
-@pytest.fixture(scope="session")
-def planted_omni_shuffled_dir():
-    return _planted_dir("planted-omni-shuffled")
-
-
-@pytest.fixture(scope="session")
-def planted_omni_interleaved_shuffled_dir():
-    return _planted_dir("planted-omni-interleaved-shuffled")
-
-
-@pytest.fixture(scope="session")
-def planted_omni(planted_omni_dir):
-    return _planted("planted-omni")
-
-
-@pytest.fixture(scope="session")
-def planted_salmonn(planted_salmonn_dir):
-    return _planted("planted-salmonn")
-
-
-@pytest.fixture(scope="session")
-def planted_omni_interleaved(planted_omni_interleaved_dir):
-    return _planted("planted-omni-interleaved")
-
-
-@pytest.fixture(scope="session")
-def planted_omni_shuffled(planted_omni_shuffled_dir):
-    return _planted("planted-omni-shuffled")
-
-
-@pytest.fixture(scope="session")
-def planted_omni_interleaved_shuffled(planted_omni_interleaved_shuffled_dir):
-    return _planted("planted-omni-interleaved-shuffled")
+for _name, _key in PLANTED_FIXTURES.items():
+    globals()[f"_{_key}_dir"], globals()[f"_{_key}"] = _planted_fixtures(_name, _key)
 
 
 @pytest.fixture(scope="session")
