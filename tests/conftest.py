@@ -165,6 +165,13 @@ for _name, _key in PLANTED_FIXTURES.items():
 
 
 @pytest.fixture(scope="session")
+def planted_fixture(request):
+    """``planted_fixture(name)``: the planted model ``name`` (a `RECIPES` key) when a test picks it by a
+    parameter; ``planted_fixture(name, folder=True)``: its checkpoint folder."""
+    return lambda name, folder=False: request.getfixturevalue(PLANTED_FIXTURES[name] + ("_dir" if folder else ""))
+
+
+@pytest.fixture(scope="session")
 def media_dir(tmp_path_factory):
     """clip.mp4 (4.5 s, 8 fps, a moving square, a rising chirp), silent.mp4, tone.wav, img*.png."""
     d = tmp_path_factory.mktemp("media")

@@ -2,8 +2,9 @@
 
 The planted demo models (``planted-omni``, ``planted-salmonn``, `avmech.models.planted`) are
 trained on these tasks (``TRAINED`` in ``TRAINED_VARIANTS``; ``planted-omni-shuffled`` on pitch,
-colour and binding in both variants, ``planted-omni-interleaved-shuffled`` on the interleaved items in
-both), so the route the answer takes is known before any flow runs: the flows are checked against it
+colour and binding in both variants, ``planted-omni-shuffled-count`` and ``-heading`` on count and on
+heading alone in both, ``planted-omni-interleaved-shuffled`` on the interleaved items in both), so
+the route the answer takes is known before any flow runs: the flows are checked against it
 (``tests/test_planted.py``), as interpretability methods are checked on models whose mechanism is known.
 
 **Audio-visual video** (AV-SpeakerBench and WorldSense layouts). Every clip lasts 2 s:
@@ -19,6 +20,7 @@ count      audio      How many beeps do you hear?                       1, 2, 3,
 colour     video      What colour is the moving shape?                  red, green, blue, yellow
 motion     video      Which way does the shape move?                    left to right, right to left, top to bottom,
                                                                         bottom to top
+heading    video      Which way does the shape move?                    right, left, down, up
 binding    both       What colour is the shape while the tone sounds?   red, green, blue, yellow
 =========  =========  ================================================  =============================================
 
@@ -27,7 +29,9 @@ tasks the shape, its colour and its direction; in the video tasks the sound (a s
 tone of a random pitch, or 1-4 beeps). In ``binding`` the shape changes colour at 1 s
 (two different colours) and a tone of a random pitch sounds during one of the two
 halves, silence in the other: the answer needs the sound (when) and the frames (which
-colour then).
+colour then). ``heading`` is ``motion`` with one-word options: with the options shuffled
+the model has to read them, and a small model did not learn to tell the phrases apart
+("left to right" and "right to left" share their words; README, "Planted pathways").
 
 **Interleaved items** (AV-Odyssey layout, as in `avmech.data.synthetic`): the number of
 beeps against images of as many bars, a tone's pitch against the height of a line, with
@@ -97,6 +101,7 @@ VERSION = 2
 SECONDS = 2.0
 COLOURS = ("red", "green", "blue", "yellow")
 DIRECTIONS = ("left to right", "right to left", "top to bottom", "bottom to top")
+HEADINGS = ("right", "left", "down", "up")  # the directions in one word each, in the same order
 PITCHES = tuple(PITCH_HZ)
 COUNTS = ("1", "2", "3", "4")
 VARIANTS = ("fixed", "shuffled")
@@ -124,6 +129,7 @@ TASKS = {
     "colour": Task("colour", "video", "What colour is the moving shape?", COLOURS),
     "motion": Task("motion", "video", "Which way does the shape move?", DIRECTIONS),
     "binding": Task("binding", "both", "What colour is the shape while the tone sounds?", COLOURS),
+    "heading": Task("heading", "video", "Which way does the shape move?", HEADINGS),
 }
 # AV-Odyssey question_type_id -> (concept, direction, variant): 1-4 as the synthetic set, 5-8 fixed order.
 ODYSSEY_TYPES = {
@@ -192,6 +198,8 @@ class PlantedClip:
             return self.colours[0]
         if task == "motion":
             return self.direction
+        if task == "heading":
+            return HEADINGS[DIRECTIONS.index(self.direction)]
         return self.colours[self.sound[2]]
 
 
@@ -234,6 +242,8 @@ def clip_for(task: str, value: str, rng: np.random.Generator) -> PlantedClip:
         colours = (value, value)
     elif task == "motion":
         direction = value
+    elif task == "heading":
+        direction = DIRECTIONS[HEADINGS.index(value)]
     else:  # binding: the colour during the tone is `value`, the other half another colour
         half = int(rng.integers(2))
         other = str(rng.choice([c for c in COLOURS if c != value]))

@@ -286,11 +286,16 @@ RECIPES = {
     "planted-omni-interleaved-shuffled": Recipe(family="qwen2.5-omni", dataset="av-odyssey", layout="study",
                                                 variants=("fixed", "shuffled"), n_train=2400, steps=1400,
                                                 fixed_steps=300, fixed_share=0.25),
-    # The beeps alone in both orders: the text lookups, the fixed order alone, then mostly shuffled. (Motion
-    # alone with this recipe: 82% / 72% held out, fixed / shuffled; README, "Planted pathways".)
+    # The beeps alone in both orders: the text lookups, the fixed order alone, then mostly shuffled.
     "planted-omni-shuffled-count": Recipe(family="qwen2.5-omni", tasks=("count",), variants=("fixed", "shuffled"),
                                           n_train=1000, steps=1500, lookup_steps=300, lookup_share=0.25,
                                           fixed_steps=300, fixed_share=0.25),
+    # The motion alone in both orders, its options one word each (the task `heading`), the same curriculum
+    # with more questions and steps: with the options as written ("left to right", "right to left") the
+    # count's recipe reached 72% shuffled, with one word and 1,000 questions 89% (README, "Planted pathways").
+    "planted-omni-shuffled-heading": Recipe(family="qwen2.5-omni", tasks=("heading",), variants=("fixed", "shuffled"),
+                                            n_train=2000, steps=2000, lookup_steps=300, lookup_share=0.25,
+                                            fixed_steps=300, fixed_share=0.25),
     "planted-salmonn": Recipe(family="video-salmonn2+", qformer_gain=64.0, n_train=1000, steps=1000),
 }
 
