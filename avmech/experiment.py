@@ -211,7 +211,7 @@ def load_samples(spec: DataSpec, seed: int = 0, model: str | None = None) -> lis
     """The samples of a data spec: the embedded synthetic set, the planted one (of the tasks and
     variants ``model`` is trained on, when it is a planted model), or a local copy of the benchmark."""
     from avmech import data
-    from avmech.models.planted import RECIPES
+    from avmech.models.planted_recipes import RECIPES
 
     root = spec.root
     if root == "synthetic":

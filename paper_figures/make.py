@@ -67,7 +67,7 @@ def run_missing(results: Path, experiments: Path, models: tuple[str, ...], load)
 
 def planted_datasets(models: tuple[str, ...]) -> frozenset[str]:
     """The data sets the planted models among ``models`` are trained on."""
-    from avmech.models.planted import RECIPES
+    from avmech.models.planted_recipes import RECIPES
 
     return frozenset(RECIPES[m].dataset for m in models if m in RECIPES)
 
@@ -79,7 +79,7 @@ def experiments_for(model: str, experiments: Path, covered: frozenset[str] = fro
     draw only what no planted one can), with those whose records they read. The others are named
     as skipped."""
     from avmech.experiment import load_experiment
-    from avmech.models.planted import RECIPES
+    from avmech.models.planted_recipes import RECIPES
 
     paths = sorted(experiments.glob("*.toml"))
     if model not in RECIPES:

@@ -23,7 +23,7 @@ import torch
 from transformers import PreTrainedModel
 
 from avmech import media
-from avmech.models.planted import RECIPES
+from avmech.models.planted_recipes import RECIPES
 
 # Each planted model has two session fixtures (see `_planted_fixtures`): its checkpoint folder and the model.
 PLANTED_FIXTURES = {name: name.replace("-", "_") for name in RECIPES}

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,7 +23,8 @@ import torch
 from avmech import ActivationPatch, AttentionKnockout, AttentionRead, Capture, TokenDrop, data
 from avmech.data import planted
 from avmech.errors import InputError
-from avmech.models.planted import PLANTED_FILE, RECIPES, Recipe
+from avmech.models.planted import PLANTED_FILE
+from avmech.models.planted_recipes import RECIPES, Recipe
 from avmech.sample import LETTERS
 
 MODALITIES = ("audio", "video")
@@ -109,6 +111,22 @@ def test_a_changed_recipe_is_a_new_model():
     base = RECIPES["planted-omni"]
     assert Recipe(**{**base.__dict__, "steps": base.steps + 1}).digest() != base.digest()
     assert Recipe(**base.__dict__).digest() == base.digest()
+
+
+def test_the_digest_covers_the_training_code_and_not_the_recipe_table(tmp_path, monkeypatch):
+    """An edit of avmech.models.planted is a new model for every recipe; the table of recipes
+    (planted_recipes.py) is not read: each recipe's fields are in its own digest."""
+    from avmech.models import planted_recipes
+
+    base = RECIPES["planted-omni"]
+    before = base.digest()
+    training = Path(planted_recipes.__file__).with_name("planted.py").read_text()
+    (tmp_path / "planted.py").write_text(training)
+    (tmp_path / "planted_recipes.py").write_text("RECIPES = {}\n")
+    monkeypatch.setattr(planted_recipes, "__file__", str(tmp_path / "planted_recipes.py"))
+    assert base.digest() == before
+    (tmp_path / "planted.py").write_text(training.replace("AdamW", "Adam"))
+    assert base.digest() != before
 
 
 # ---- the known answers -----------------------------------------------------------------

@@ -21,7 +21,8 @@ we know which tokens must carry the answer to the last position, and the known-a
 tests (``tests/test_planted.py``) check that the knockouts, the sweeps, the attention
 readouts and token discarding say so.
 
-The recipe, all of it in `Recipe` (one entry of `RECIPES` per model):
+The recipe, all of it in a `Recipe` (one entry per model of `RECIPES`, in
+`avmech.models.planted_recipes`):
 
 1. Build the random model of the real architecture. Its encoders stay frozen at their
    random weights, the audio encoder's input convolutions scaled up (``audio_gain``) so
@@ -62,10 +63,8 @@ a new model, never a stale one.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -78,59 +77,11 @@ from jaxtyping import Float, Int
 from avmech.data import planted, read
 from avmech.errors import ModelError
 from avmech.models.base import MEDIA_POLICY_FILE, AVModel
+from avmech.models.planted_recipes import RECIPES, Recipe
 
 PLANTED_FILE = "planted.json"
 # A trained model answering any task less often than this is not saved: its route would not be known.
 MIN_ACCURACY = 0.9
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything that decides a planted model: its size, its data and its training."""
-
-    family: str = "qwen2.5-omni"
-    # The input configuration, as the benchmark layout its questions are written in: "av-speakerbench"
-    # (one audio-visual video) or "av-odyssey" (interleaved audio and image items, fed in ``layout``:
-    # "study", candidates, question, reference, options, as the interleaved experiments feed them).
-    dataset: str = "av-speakerbench"
-    layout: str = "dataset"
-    n_train: int = 1200
-    d_model: int = 64
-    n_layers: int = 4
-    n_heads: int = 4
-    n_kv_heads: int = 2
-    d_mlp: int = 256
-    audio_gain: float = 16.0
-    qformer_gain: float = 1.0  # video-SALMONN 2+'s Q-Former (see step 1 above)
-    steps: int = 1400
-    batch: int = 32
-    lr: float = 1e-3
-    warmup: int = 100
-    weight_decay: float = 0.0
-    # Text lookups (`_lookup`): steps on them alone, in batches of ``lookup_batch``, before the media
-    # questions; then ``lookup_share`` of them mixed into the media questions. Without them shuffled
-    # options were not learned in the 10 minutes (README, "Planted pathways").
-    lookup_steps: int = 0
-    lookup_batch: int = 64
-    lookup_share: float = 0.0
-    # Steps on the fixed-order questions alone, then the others with ``fixed_share`` of them mixed in:
-    # the interleaved items' shuffled candidates were learned after their fixed order, not from scratch
-    # (README, "Planted pathways").
-    fixed_steps: int = 0
-    fixed_share: float = 1.0
-    seed: int = 0
-    tasks: tuple[str, ...] = planted.TRAINED
-    variants: tuple[str, ...] = planted.TRAINED_VARIANTS
-    n_eval: int = 200
-    # CPU threads the build runs on: a training run's floats depend on it (`make` sets OMP_NUM_THREADS=1,
-    # and make figures' one-thread build of planted-salmonn came out other than the two-thread one).
-    threads: int = 2
-
-    def digest(self) -> str:
-        """Eight hex digits naming this recipe in the cache: its fields and the code that carries it
-        out (this module and the task generator), so that no edit can leave a stale model."""
-        code = "".join(Path(module.__file__).read_text() for module in (sys.modules[__name__], planted))
-        return hashlib.sha256((json.dumps(asdict(self), sort_keys=True) + code).encode()).hexdigest()[:8]
 
 
 @dataclass
@@ -266,38 +217,6 @@ def train(m: AVModel, examples: list[Example], recipe: Recipe, evaluate: list[Ex
     return log
 
 
-# name -> its recipe. The cache key is the name, the seed and the recipe's digest.
-RECIPES = {
-    "planted-omni": Recipe(family="qwen2.5-omni"),
-    # The interleaved configuration alone: trained together with the video tasks (400 of these beside
-    # the 1,200, same steps), planted-omni's frames were still read in its last layer (cut from layer
-    # 3 on: x0.87), so each configuration has its model. The matching is learned in about 400 steps.
-    "planted-omni-interleaved": Recipe(family="qwen2.5-omni", dataset="av-odyssey", layout="study", n_train=600,
-                                       steps=500),
-    # Shuffled options (the model must read them) and the task that needs both streams, in both orders:
-    # the text lookups first. Count and motion are left out: trained beside these, or beside each other,
-    # their shuffled variants were not learned in the budget; count alone is (README, "Planted pathways").
-    "planted-omni-shuffled": Recipe(family="qwen2.5-omni", tasks=("pitch", "colour", "binding"),
-                                    variants=("fixed", "shuffled"), n_train=1800, steps=1500, lookup_steps=400,
-                                    lookup_share=0.25),
-    # Interleaved items with the candidates in the class order and shuffled (the model must match the
-    # reference against them): the class order first, then mostly shuffled. From scratch, 2,100 steps left
-    # the shuffled at 40-54%; after the class order, with all the fixed-order questions kept, at 76-100%.
-    "planted-omni-interleaved-shuffled": Recipe(family="qwen2.5-omni", dataset="av-odyssey", layout="study",
-                                                variants=("fixed", "shuffled"), n_train=2400, steps=1400,
-                                                fixed_steps=300, fixed_share=0.25),
-    # The beeps alone in both orders: the text lookups, the fixed order alone, then mostly shuffled.
-    "planted-omni-shuffled-count": Recipe(family="qwen2.5-omni", tasks=("count",), variants=("fixed", "shuffled"),
-                                          n_train=1000, steps=1500, lookup_steps=300, lookup_share=0.25,
-                                          fixed_steps=300, fixed_share=0.25),
-    # The motion alone in both orders, its options one word each (the task `heading`), the same curriculum
-    # with more questions and steps: with the options as written ("left to right", "right to left") the
-    # count's recipe reached 72% shuffled, with one word and 1,000 questions 89% (README, "Planted pathways").
-    "planted-omni-shuffled-heading": Recipe(family="qwen2.5-omni", tasks=("heading",), variants=("fixed", "shuffled"),
-                                            n_train=2000, steps=2000, lookup_steps=300, lookup_share=0.25,
-                                            fixed_steps=300, fixed_share=0.25),
-    "planted-salmonn": Recipe(family="video-salmonn2+", qformer_gain=64.0, n_train=1000, steps=1000),
-}
 
 
 def builders(family: str) -> dict[str, Builder]:
