@@ -133,6 +133,8 @@ def test_the_digest_covers_the_training_code_and_not_the_recipe_table(tmp_path, 
 
 # Where planted-salmonn's flows do not show the planted routes (measured and reported in the
 # README, "Planted pathways"; see test_planted_salmonn_leans_on_padding_that_no_video_reaches).
+# Measured on the build of the first recipe (1,000 questions, 1,000 steps); not yet re-run on the
+# build of the current one (2,000 questions, 1,200 steps, weight decay 0.1).
 # Strict: should one of them start to hold, it fails here, to be looked at again.
 SALMONN_DIVERGES = {
     "test_cutting_a_modality_silences_its_tasks_and_spares_the_others[planted_salmonn-audio]":
