@@ -66,7 +66,6 @@ class Recipe:
         return hashlib.sha256((json.dumps(asdict(self), sort_keys=True) + code).encode()).hexdigest()[:8]
 
 
-
 # name -> its recipe. The cache key is the name, the seed and the recipe's digest.
 RECIPES = {
     "planted-omni": Recipe(family="qwen2.5-omni"),
