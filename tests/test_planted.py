@@ -133,17 +133,16 @@ def test_the_digest_covers_the_training_code_and_not_the_recipe_table(tmp_path, 
 
 # Where planted-salmonn's flows do not show the planted routes (measured and reported in the
 # README, "Planted pathways"; see test_planted_salmonn_leans_on_padding_that_no_video_reaches).
-# The numbers are from the build of the first recipe (1,000 questions, 1,000 steps). On the build of the
-# current one (2,000 questions, 1,200 steps, weight decay 0.1) these three still fail and the frames' two
-# (cutting them, discarding them after their transfer) hold; the numbers are not yet re-measured.
+# Measured on the build of the current recipe (2,000 questions, 1,200 steps, weight decay 0.1); the first
+# recipe's build also failed on cutting the frames and on discarding them after their transfer.
 # Strict: should one of them start to hold, it fails here, to be looked at again.
 SALMONN_DIVERGES = {
     "test_cutting_a_modality_silences_its_tasks_and_spares_the_others[planted_salmonn-audio]":
-        "cutting the sound's tokens lowers p on the frame tasks to x0.63: its padding tokens matter to them",
+        "cutting the sound's tokens lowers p on the frame tasks to x0.59: its padding tokens matter to them",
     "test_discarding_after_the_transfer_keeps_the_answer_and_before_it_destroys_it[planted_salmonn-audio]":
-        "the sound is read again in the last layer (cut there alone: x0.91), after three layers that need it not",
+        "the sound is read in the last layer (cut there alone: x0.74; in layer 2 alone: x0.65)",
     "test_the_sweep_and_the_attention_readout_agree_on_where_video_moves[planted_salmonn]":
-        "single-layer cuts of the frames matter most in layer 3 (x0.65), attention to them peaks in layer 2",
+        "single-layer cuts of the frames matter most in layer 0 (x0.50), attention to them peaks in layer 2 (0.41)",
 }
 
 
@@ -292,7 +291,7 @@ def test_the_sweep_and_the_attention_readout_agree_on_where_video_moves(planted_
 @pytest.mark.slow
 def test_planted_salmonn_leans_on_padding_that_no_video_reaches(planted_salmonn):
     """What its flows show instead: on the frame tasks, cutting every edge out of the 55 tokens
-    of the sound's padding silence (audio_pad) lowers p(correct) to x0.70, though cutting the
+    of the sound's padding silence (audio_pad) lowers p(correct) to x0.55, though cutting the
     frames' edges into the sound's tokens changes nothing, so no frame information passes through
     them: the text positions lean on the padding as such (the renormalised attention loses
     the mass it put there), and an edge cut there is not a cut pathway."""
