@@ -175,7 +175,8 @@ MATCHING_DIVERGES = {
     "test_the_reference_answers_in_either_order[A->I-shuffled]":
         "on the shuffled A->I items cutting reference -> last leaves p at x0.54 (accuracy 50%) and every edge of "
         "the reference x0.41 (42%): the reference also reaches the last position through the tokens after it, "
-        "and without it the model still answers 42% of 24 (chance 25%)",
+        "and without it the model still answers 42% of 24 (chance 25%). A build on another CPU sits on the bar "
+        "(x0.50 and x0.50) and passes: not strict (ON_THE_BAR)",
     f"{AGREE}[A->I]": "cutting candidates -> last matters in layers 0 and 1 (x0.70, x0.79) while the last position "
                       "puts 0.23 / 0.31 / 0.26 / 0.22 of its attention on the image candidates in layers 0-3",
     f"{AGREE}[I->A]": "cutting candidates -> last matters in layers 0-2 (x0.66 / 0.68 / 0.59, layer 3: x0.98) while "
@@ -184,12 +185,18 @@ MATCHING_DIVERGES = {
 }
 
 
+# Divergences whose measure sits on the test's bar, so that builds of the same recipe on two kinds of CPU
+# (whose floats round otherwise; README, "Planted pathways") land on either side of it: expected to fail,
+# but a pass is not a surprise.
+ON_THE_BAR = {"test_the_reference_answers_in_either_order[A->I-shuffled]"}
+
+
 @pytest.fixture(autouse=True)
 def _known_divergences(request):
     name = request.node.name
     reason = SALMONN_DIVERGES.get(name) or SHUFFLED_DIVERGES.get(name) or MATCHING_DIVERGES.get(name)
     if reason:
-        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
+        request.applymarker(pytest.mark.xfail(strict=name not in ON_THE_BAR, reason=reason))
 
 
 @pytest.fixture(scope="module")
