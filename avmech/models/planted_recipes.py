@@ -80,7 +80,7 @@ RECIPES = {
     # Learned on the build machine; on an AMD EPYC this recipe, the fixed order first, and 2,400 questions with
     # weight decay 0.1 all left binding under 90%, and width 128 with 3,600 questions came closest (binding 94% in
     # the fixed order, 85% shuffled; README). Binding is learned only beside as many pitch and colour questions
-    # (more binding, or no pitch, left it near 50%): a recipe that learns on both is still to be found.
+    # (more binding, or no pitch, left it at 35-45%): a recipe that learns on both is still to be found.
     "planted-omni-shuffled": Recipe(family="qwen2.5-omni", tasks=("pitch", "colour", "binding"),
                                     variants=("fixed", "shuffled"), n_train=1800, steps=1500, lookup_steps=400,
                                     lookup_share=0.25),
