@@ -229,7 +229,7 @@ def planted_runs(planted_model):
 
 
 def test_the_planted_model_answers_every_task(planted_fixture, planted_model, planted_runs):
-    report = json.loads((planted_fixture(planted_model.name, folder=True) / PLANTED_FILE).read_text())
+    report = planted_report(planted_fixture(planted_model.name, folder=True))
     recipe = RECIPES[planted_model.name]
     assert report["recipe"]["digest"] == recipe.digest()
     assert min(report["held_out_accuracy"].values()) >= 0.95
@@ -249,6 +249,11 @@ def test_cutting_a_modality_silences_its_tasks_and_spares_the_others(planted_run
             assert ratio <= 0.5, f"cutting {cut} left p(correct) of {answering} tasks at {ratio:.0%}"
         else:
             assert ratio >= 0.8, f"cutting {cut} moved p(correct) of {answering} tasks to {ratio:.0%}"
+
+
+def planted_report(folder) -> dict:
+    """What a planted build measured and saved beside its weights (``planted.json``: recipe, times, accuracies)."""
+    return json.loads((folder / PLANTED_FILE).read_text())
 
 
 def p_ratio(rows, cut: str) -> float:
@@ -467,7 +472,7 @@ def ratios(rows, direction: str) -> dict[str, float]:
 
 @pytest.mark.slow
 def test_planted_omni_interleaved_answers_every_item_task(planted_omni_interleaved_dir, interleaved_runs):
-    report = json.loads((planted_omni_interleaved_dir / PLANTED_FILE).read_text())
+    report = planted_report(planted_omni_interleaved_dir)
     assert report["recipe"]["digest"] == RECIPES["planted-omni-interleaved"].digest()
     accuracy = report["held_out_accuracy"]
     assert set(accuracy) == {f"{c} {d} (fixed order)" for c in ("count", "pitch") for d in DIRECTIONS}
@@ -544,7 +549,7 @@ def shuffled_runs(shuffled_model):
 @pytest.mark.parametrize("shuffled_model", SHUFFLED_MODELS, indirect=True)
 def test_a_shuffled_options_model_answers_every_task(planted_fixture, shuffled_model, shuffled_runs):
     name = shuffled_model.name
-    report = json.loads((planted_fixture(name, folder=True) / PLANTED_FILE).read_text())
+    report = planted_report(planted_fixture(name, folder=True))
     assert report["recipe"]["digest"] == RECIPES[name].digest()
     accuracy = report["held_out_accuracy"]
     assert set(accuracy) == {planted.task_label(t, v) for t in RECIPES[name].tasks for v in planted.VARIANTS}
@@ -553,11 +558,11 @@ def test_a_shuffled_options_model_answers_every_task(planted_fixture, shuffled_m
     assert np.mean([r["base"].correct for r in shuffled_runs]) >= 0.9
 
 
-@pytest.mark.parametrize("shuffled_model", SHUFFLED_MODELS, indirect=True)
-def test_the_text_lookups_are_still_answered(planted_fixture, shuffled_model):
+@pytest.mark.parametrize("name", SHUFFLED_MODELS)
+def test_the_text_lookups_are_still_answered(planted_fixture, name):
     """The text lookups the recipe trains on first (the correct option's text, then the options, no media)
     are still answered after the media questions: at least 90% held out, in every task and order."""
-    report = json.loads((planted_fixture(shuffled_model.name, folder=True) / PLANTED_FILE).read_text())
+    report = planted_report(planted_fixture(name, folder=True))
     assert min(report["held_out_lookup_accuracy"].values()) >= 0.9, report["held_out_lookup_accuracy"]
 
 
@@ -660,7 +665,7 @@ def matching(rows, direction: str, order: str) -> list[dict]:
 @pytest.mark.slow
 def test_planted_omni_interleaved_shuffled_answers_every_item_task(planted_omni_interleaved_shuffled_dir,
                                                                    matching_runs):
-    report = json.loads((planted_omni_interleaved_shuffled_dir / PLANTED_FILE).read_text())
+    report = planted_report(planted_omni_interleaved_shuffled_dir)
     assert report["recipe"]["digest"] == RECIPES["planted-omni-interleaved-shuffled"].digest()
     accuracy = report["held_out_accuracy"]
     assert set(accuracy) == {f"{c} {d} ({planted.VARIANT_NAMES[o]})" for c in ("count", "pitch") for d in DIRECTIONS
