@@ -10,7 +10,7 @@
    given; each experiment after the experiments whose records it reads (its ``[inputs]``
    table, `avmech.experiment.in_order`). The demo models: ``planted-omni``,
    ``planted-salmonn`` and ``planted-omni-interleaved`` (trained on the planted tasks on
-   first use, about 7, 6 and 3 minutes; `avmech.models.planted`), which run the experiments
+   first use, about 5.5, 6.5 and 2.5 minutes; `avmech.models.planted`), which run the experiments
    of the data set they were trained on (AV-SpeakerBench's layout; AV-Odyssey's for the
    last) with its planted questions (``root = "planted"``), and ``tiny-omni`` and ``tiny-salmonn``
    (random weights, one per family), which run, on the synthetic sets, the experiments of
