@@ -139,6 +139,10 @@ def test_the_digest_covers_the_training_code_and_not_the_recipe_table(tmp_path, 
 SALMONN_DIVERGES = {
     "test_cutting_a_modality_silences_its_tasks_and_spares_the_others[planted_salmonn-audio]":
         "cutting the sound's tokens lowers p on the frame tasks to x0.59: its padding tokens matter to them",
+    "test_cutting_a_modality_silences_its_tasks_and_spares_the_others[planted_salmonn-video]":
+        "built on an Intel Xeon, cutting the frames lowers p on the sound tasks to x0.71 (beeps x0.52, nearly all "
+        "through frames -> sound tokens, x0.59, in layers 0 and 2; pitch x0.90); the AMD build measured x0.88 and "
+        "passes: not strict (ON_THE_BAR)",
     "test_discarding_after_the_transfer_keeps_the_answer_and_before_it_destroys_it[planted_salmonn-audio]":
         "the sound is read in the last layer (cut there alone: x0.74; in layer 2 alone: x0.65)",
     "test_the_sweep_and_the_attention_readout_agree_on_where_video_moves[planted_salmonn]":
@@ -198,10 +202,10 @@ MATCHING_DIVERGES = {
 }
 
 
-# Divergences whose measure sits on the test's bar, so that builds of the same recipe on two kinds of CPU
-# (whose floats round otherwise; README, "Planted pathways") land on either side of it: expected to fail,
-# but a pass is not a surprise.
-ON_THE_BAR = {"test_the_reference_answers_in_either_order[A->I-shuffled]"}
+# Divergences where builds of the same recipe on two kinds of CPU (whose floats round otherwise; README,
+# "Planted pathways") land on either side of the test's bar: expected to fail, but a pass is not a surprise.
+ON_THE_BAR = {"test_the_reference_answers_in_either_order[A->I-shuffled]",
+              "test_cutting_a_modality_silences_its_tasks_and_spares_the_others[planted_salmonn-video]"}
 
 
 @pytest.fixture(autouse=True)

@@ -82,6 +82,8 @@ RECIPES = {
     # each task (fewer, and it stayed at 35-45%), and shuffled only with more learning than 1,500 steps at lr 1e-3
     # gives: with 3,600 questions and 2 heads of 32, binding shuffled 55%; 2,500 steps 75%; 6 layers 80%; lr 2e-3
     # (this recipe) 100%. Heads of 16 at lr 2e-3 left colour and binding under the bars (85 / 40%, 45 / 50%).
+    # Built on an Intel Xeon (2 cores) this recipe did not learn (shuffled colour and binding 39%): refused; nor did
+    # it there with another batch order, more steps, lr 3e-3 or weight decay 0.1 (README, "Planted pathways").
     "planted-omni-shuffled": Recipe(family="qwen2.5-omni", tasks=("pitch", "colour", "binding"),
                                     variants=("fixed", "shuffled"), n_train=3600, n_heads=2, n_kv_heads=2, lr=2e-3,
                                     steps=1500, lookup_steps=400, lookup_share=0.25),
