@@ -4,8 +4,10 @@ A planted model's unembedding (151,936 x 64 floats), its gradient and AdamW's tw
 39 MB each; glibc's malloc serves every allocation over 32 MB from fresh kernel pages and
 unmaps them when freed, so each training step page-faults them in anew. The Makefile sets
 ``MALLOC_MMAP_MAX_=0`` and ``MALLOC_TRIM_THRESHOLD_`` (every allocation from the heap, nothing
-handed back). Each variant runs in its own process (the settings are read when a process
-starts) on the same planted-omni training, shortened: the same questions, seeds and threads.
+handed back); the benchmark measures the values ``make bench`` exports, read from the environment
+(so they cannot drift from the Makefile's). Each variant runs in its own process (the settings are
+read when a process starts) on the same planted-omni training, shortened: the same questions,
+seeds and threads.
 The measures are the training's wall time, its kernel time and minor page faults, and whether
 the trained weights are the same bits.
 """
@@ -17,7 +19,7 @@ import os
 import subprocess
 import sys
 
-MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "4294967296"}
+MALLOC = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_")
 QUESTIONS, STEPS = 96, 80
 
 
@@ -57,7 +59,11 @@ def _run(settings: dict[str, str]) -> dict:
 
 
 def main() -> None:
-    default, heap = _run({}), _run(MALLOC)
+    missing = [k for k in MALLOC if k not in os.environ]
+    if missing:
+        raise SystemExit(f"{', '.join(missing)} not set: run this benchmark through `make bench`, which exports the "
+                         "Makefile's malloc settings, or export them as the Makefile does")
+    default, heap = _run({}), _run({k: os.environ[k] for k in MALLOC})
     print(f"\n## Planted training, {STEPS} steps of planted-omni's recipe (batch 32): glibc's default malloc vs the "
           "Makefile's settings")
     for name, r in (("default", default), ("Makefile", heap)):
