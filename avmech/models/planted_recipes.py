@@ -84,7 +84,7 @@ RECIPES = {
     # (this recipe) 100%. Heads of 16 at lr 2e-3 left colour and binding under the bars (85 / 40%, 45 / 50%).
     # Built on an Intel Xeon (2 cores) this recipe did not learn (shuffled colour and binding 39%): refused; nor did
     # it there with another batch order, more steps, lr 3e-3 or weight decay 0.1 (README, "Planted pathways").
-    # Fourteen more trials there: the frames' tokens scaled by 8 (a vision-encoder gain, not in the code) with weight
+    # Sixteen more trials there: the frames' tokens scaled by 8 (a vision-encoder gain, not in the code) with weight
     # decay 0.1 had binding learned in the fixed order; the shuffled options were still read or not by the run.
     "planted-omni-shuffled": Recipe(family="qwen2.5-omni", tasks=("pitch", "colour", "binding"),
                                     variants=("fixed", "shuffled"), n_train=3600, n_heads=2, n_kv_heads=2, lr=2e-3,
