@@ -36,13 +36,12 @@ def _child() -> None:
     from avmech.models import planted
     from avmech.models.planted_recipes import RECIPES
 
-    recipe = replace(RECIPES["planted-omni"], n_train=QUESTIONS, steps=STEPS)
+    recipe = replace(RECIPES["planted-omni"], n_train=QUESTIONS, n_eval=4, steps=STEPS)
     torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     with tempfile.TemporaryDirectory() as tmp:
-        m = planted._random_model(recipe, "planted-omni", Path(tmp) / "random", recipe.seed)
-        planted._gain(m, recipe)
-        examples, _ = planted._examples(m, planted._questions(recipe, Path(tmp) / "train", QUESTIONS, 1000), "encoding")
+        questions = planted.training_set(recipe, "planted-omni", Path(tmp))
+    m, examples = questions.model, questions.train
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     planted.train(m, examples, recipe)
     seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)

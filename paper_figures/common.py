@@ -32,8 +32,8 @@ from matplotlib.ticker import MaxNLocator
 # architectures, and planted ones, trained on synthetic tasks whose answer's route is known.
 DEMO_MODELS = frozenset({"tiny-omni", "tiny-salmonn", "tiny-qwen3-omni", "bench-omni"})
 PLANTED_MODELS = frozenset({"planted-omni", "planted-salmonn", "planted-omni-interleaved", "planted-omni-shuffled",
-                            "planted-omni-shuffled-count", "planted-omni-shuffled-heading",
-                            "planted-omni-interleaved-shuffled"})
+                            "planted-omni-shuffled-binding", "planted-omni-shuffled-count",
+                            "planted-omni-shuffled-heading", "planted-omni-interleaved-shuffled"})
 DEMO_MARK = "RANDOM demo model — not a finding"
 PLANTED_MARK = "planted demo model (trained on synthetic tasks; pathways known)"
 RECORDS = "records.parquet"
@@ -306,7 +306,7 @@ def finish(fig: Figure, title: str, meta: Meta, note: str = "", excluded: int | 
     if any(is_planted(m) for m in meta.models):
         lines.append(("Planted demo model: trained here on synthetic questions answered by the sound alone "
                       "(pitch, beeps) or the frames alone (colour, motion), (planted-omni-shuffled) with the options also "
-                      "shuffled and a task that needs both (the colour while the tone sounds), (-count) "
+                      "shuffled, (-binding) a task that needs both (the colour while the tone sounds), (-count) "
                       "the beeps, (-heading) the motion in one word, with the options also shuffled, or "
                       "(planted-omni-interleaved) on interleaved items answered by the reference alone "
                       "(candidates in the class order; planted-omni-interleaved-shuffled: also shuffled, matched "

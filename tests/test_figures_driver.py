@@ -161,8 +161,9 @@ def test_a_planted_models_experiments_read_the_planted_questions_of_its_own_task
     def tasks(model):
         return {s.meta["task_id"] for s in load_samples(spec, 0, model)}
 
-    assert tasks("planted-omni-shuffled") == {planted.task_label(t, v) for t in ("pitch", "colour", "binding")
+    assert tasks("planted-omni-shuffled") == {planted.task_label(t, v) for t in ("pitch", "colour")
                                               for v in ("fixed", "shuffled")}
+    assert tasks("planted-omni-shuffled-binding") == {planted.task_label("binding", v) for v in ("fixed", "shuffled")}
     trained = {planted.task_label(t, "fixed") for t in planted.TRAINED}
     assert tasks("planted-omni") == trained and tasks("tiny-omni") == trained and tasks(None) == trained
 

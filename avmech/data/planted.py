@@ -1,9 +1,9 @@
 """The planted tasks: synthetic questions whose answer can come from one known modality only.
 
 The planted demo models (``planted-omni``, ``planted-salmonn``, `avmech.models.planted`) are
-trained on these tasks (``TRAINED`` in ``TRAINED_VARIANTS``; ``planted-omni-shuffled`` on pitch,
-colour and binding in both variants, ``planted-omni-shuffled-count`` and ``-heading`` on count and on
-heading alone in both, ``planted-omni-interleaved-shuffled`` on the interleaved items in both), so
+trained on these tasks (``TRAINED`` in ``TRAINED_VARIANTS``; ``planted-omni-shuffled`` on pitch
+and colour in both variants, ``planted-omni-shuffled-binding``, ``-count`` and ``-heading`` on binding,
+count and heading alone in both, ``planted-omni-interleaved-shuffled`` on the interleaved items in both), so
 the route the answer takes is known before any flow runs: the flows are checked against it
 (``tests/test_planted.py``), as interpretability methods are checked on models whose mechanism is known.
 

@@ -10,11 +10,11 @@ on the planted tasks of
 shape, the way it moves), the other stream drawn at random. ``planted-omni-interleaved``
 learns the interleaved configuration: AV-Odyssey questions whose audio (or image)
 reference is matched against four image (or audio) candidates in the class order, so that
-the letter follows from the reference alone. ``planted-omni-shuffled`` answers pitch, colour and
-the task that needs both streams (the colour shown while the tone sounds) with the options in
-the fixed order and shuffled, where it must read the options to find the letter: the
-options -> last route is exercised; ``planted-omni-shuffled-count`` the number of beeps
-alone in both orders; ``planted-omni-interleaved-shuffled`` the interleaved items
+the letter follows from the reference alone. ``planted-omni-shuffled`` answers pitch and colour with
+the options in the fixed order and shuffled, where it must read the options to find the letter:
+the options -> last route is exercised; ``planted-omni-shuffled-binding`` the task that needs
+both streams (the colour shown while the tone sounds) in both orders, ``-count`` the number of
+beeps and ``-heading`` the way the shape moves; ``planted-omni-interleaved-shuffled`` the interleaved items
 with the candidates in the class order and shuffled, where it must match the reference against the
 candidates. So, before any flow runs,
 we know which tokens must carry the answer to the last position, and the known-answer
@@ -27,8 +27,10 @@ The recipe, all of it in a `Recipe` (one entry per model of `RECIPES`, in
 1. Build the random model of the real architecture. Its encoders stay frozen at their
    random weights, the audio encoder's input convolutions scaled up (``audio_gain``) so
    that the sound, not the random biases and positions, dominates what it emits (a
-   tone's pitch and the beeps become directions a linear readout finds; the frames need
-   no such help once the shape fills a merged patch, see `avmech.data.planted`). In
+   tone's pitch and the beeps become directions a linear readout finds). The frames' tokens
+   can be scaled up too (``video_gain``, the vision encoder's output): at random weights a
+   clip's content moves them by a fifth of their size, and beside shuffled options the
+   colour took over 1,250 steps to be read (500 with the frames' tokens scaled by 8). In
    video-SALMONN 2+ the Q-Former's cross-attention outputs are scaled up too
    (``qformer_gain``): its queries are the same for every window, and at random weights
    they drown what the window heard (a tone's class moved its audio tokens by 0.6% of their
@@ -47,7 +49,7 @@ The recipe, all of it in a `Recipe` (one entry per model of `RECIPES`, in
    trains on each question's text lookup (`_lookup`: the correct option's text, then the
    options, answered with its letter; short prompts without media, learned in about 300
    steps), then on the media questions with a quarter of the lookups mixed in. Interleaved items with
-   shuffled candidates, and the shuffled beeps, are learned after those in the fixed order: these alone
+   shuffled candidates, the shuffled beeps and binding are learned after those in the fixed order: these alone
    first (``fixed_steps``), then the shuffled ones with a quarter of them kept (``fixed_share``).
 4. Measure held-out accuracy per task, save it beside the weights (``planted.json``,
    with the recipe and the measured times) and save the model as an ordinary checkpoint.
@@ -225,20 +227,27 @@ def builders(family: str) -> dict[str, Builder]:
 
 
 def _gain(m: AVModel, recipe: Recipe) -> None:
-    """Scale the audio encoder's input convolutions (Whisper's ``conv1`` and ``conv2``) by ``audio_gain``
-    and, in video-SALMONN 2+, its Q-Former's cross-attention outputs by ``qformer_gain``."""
+    """Scale the audio encoder's input convolutions (Whisper's ``conv1`` and ``conv2``) by ``audio_gain``,
+    in video-SALMONN 2+ its Q-Former's cross-attention outputs by ``qformer_gain``, and the vision
+    encoder's output (its patch merger's last linear layer, weight and bias) by ``video_gain``."""
     tower = m.hf.get_submodule(m.paths["audio_encoder"])
     convs = [mod for name, mod in tower.named_modules() if name.rsplit(".", 1)[-1] in ("conv1", "conv2")]
     mixes = [mod for name, mod in tower.named_modules() if name.endswith("crossattention.output.dense")]
-    if len(convs) != 2 or (recipe.qformer_gain != 1 and not mixes):
+    vision = m.hf.get_submodule(m.paths["vision_encoder"])
+    outs = [mod for name, mod in vision.named_modules() if name.endswith("merger.mlp.2")]
+    if len(convs) != 2 or (recipe.qformer_gain != 1 and not mixes) or (recipe.video_gain != 1 and len(outs) != 1):
         raise ModelError(f"the audio encoder has {len(convs)} conv1/conv2 and {len(mixes)} Q-Former cross-attention "
-                         f"outputs: recipe gains (audio {recipe.audio_gain}, Q-Former {recipe.qformer_gain}) do not fit "
+                         f"outputs, the vision encoder {len(outs)} merger.mlp.2: recipe gains (audio "
+                         f"{recipe.audio_gain}, Q-Former {recipe.qformer_gain}, video {recipe.video_gain}) do not fit "
                          f"the {recipe.family} family")
     with torch.no_grad():
         for conv in convs:
             conv.weight.mul_(recipe.audio_gain)
         for dense in mixes:
             dense.weight.mul_(recipe.qformer_gain)
+        if recipe.video_gain != 1:
+            outs[0].weight.mul_(recipe.video_gain)
+            outs[0].bias.mul_(recipe.video_gain)
 
 
 def _random_model(recipe: Recipe, name: str, path: Path, seed: int) -> AVModel:
@@ -261,6 +270,30 @@ def _random_model(recipe: Recipe, name: str, path: Path, seed: int) -> AVModel:
         raise ModelError(f"no planted recipe for the {recipe.family!r} family: use 'qwen2.5-omni' or 'video-salmonn2+'")
     return load(path, name=name, media_policy=json.loads((path / MEDIA_POLICY_FILE).read_text()),
                 dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """A recipe's random model, its gains applied (step 1), and its questions as that model's LLM sees
+    them (step 2): the training set and the held-out one, each with its text lookups."""
+
+    model: AVModel
+    train: list[Example]
+    lookups: list[Example]
+    held_out: list[Example]
+    held_out_lookups: list[Example]
+
+
+def training_set(recipe: Recipe, name: str, folder: Path, seed: int = 0) -> TrainingSet:
+    """Steps 1 and 2 of ``recipe`` for the model ``name`` built with ``seed``, written under ``folder``:
+    what `train` starts from (the build, and a benchmark that times the training alone)."""
+    m = _random_model(recipe, name, folder / "random", recipe.seed + seed)
+    _gain(m, recipe)
+    train, lookups = _examples(m, _questions(recipe, folder / "train", recipe.n_train, 1000 + seed),
+                               f"{name}: encoding the training set")
+    held_out, held_out_lookups = _examples(m, _questions(recipe, folder / "held-out", recipe.n_eval, 2000 + seed),
+                                           f"{name}: encoding the held-out set")
+    return TrainingSet(m, train, lookups, held_out, held_out_lookups)
 
 
 def _questions(recipe: Recipe, root: Path, n: int, seed: int) -> list:
@@ -299,15 +332,10 @@ def _build(name: str, recipe: Recipe, path: Path, seed: int) -> None:
     from avmech.models.tiny import write_atomically
 
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        m = _random_model(recipe, name, tmp / "random", recipe.seed + seed)
-        _gain(m, recipe)
         start = time.time()
-        examples, lookups = _examples(m, _questions(recipe, tmp / "train", recipe.n_train, 1000 + seed),
-                                      f"{name}: encoding the training set")
-        held_out, held_out_lookups = _examples(m, _questions(recipe, tmp / "held-out", recipe.n_eval, 2000 + seed),
-                                               f"{name}: encoding the held-out set")
+        q = training_set(recipe, name, Path(tmp), seed)
         prepared = time.time() - start
+        m, examples, lookups, held_out, held_out_lookups = q.model, q.train, q.lookups, q.held_out, q.held_out_lookups
         phases = []
         if recipe.lookup_steps:
             phases.append(train(m, lookups, replace(recipe, steps=recipe.lookup_steps, batch=recipe.lookup_batch)))

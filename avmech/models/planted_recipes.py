@@ -34,6 +34,7 @@ class Recipe:
     d_mlp: int = 256
     audio_gain: float = 16.0
     qformer_gain: float = 1.0  # video-SALMONN 2+'s Q-Former (`avmech.models.planted`, step 1)
+    video_gain: float = 1.0  # the vision encoder's output (`avmech.models.planted`, step 1)
     steps: int = 1400
     batch: int = 32
     lr: float = 1e-3
@@ -74,21 +75,27 @@ RECIPES = {
     # 3 on: x0.87), so each configuration has its model. The matching is learned in about 400 steps.
     "planted-omni-interleaved": Recipe(family="qwen2.5-omni", dataset="av-odyssey", layout="study", n_train=600,
                                        steps=500),
-    # Shuffled options (the model must read them) and the task that needs both streams, in both orders:
-    # the text lookups first. Count and motion are left out: trained beside these, or beside each other,
-    # their shuffled variants were not learned in the budget; count alone is (README, "Planted pathways").
-    # The first recipe (1,800 questions, 4 heads of 16, lr 1e-3) learned on the build machine and not on an
-    # AMD EPYC (binding 24% shuffled). In trials there (README), binding was learned with 1,200 questions of
-    # each task (fewer, and it stayed at 35-45%), and shuffled only with more learning than 1,500 steps at lr 1e-3
-    # gives: with 3,600 questions and 2 heads of 32, binding shuffled 55%; 2,500 steps 75%; 6 layers 80%; lr 2e-3
-    # (this recipe) 100%. Heads of 16 at lr 2e-3 left colour and binding under the bars (85 / 40%, 45 / 50%).
-    # Built on an Intel Xeon (2 cores) this recipe did not learn (shuffled colour and binding 39%): refused; nor did
-    # it there with another batch order, more steps, lr 3e-3 or weight decay 0.1 (README, "Planted pathways").
-    # Sixteen more trials there: the frames' tokens scaled by 8 (a vision-encoder gain, not in the code) with weight
-    # decay 0.1 had binding learned in the fixed order; the shuffled options were still read or not by the run.
-    "planted-omni-shuffled": Recipe(family="qwen2.5-omni", tasks=("pitch", "colour", "binding"),
-                                    variants=("fixed", "shuffled"), n_train=3600, n_heads=2, n_kv_heads=2, lr=2e-3,
-                                    steps=1500, lookup_steps=400, lookup_share=0.25),
+    # Shuffled options (the model must read them), pitch and colour in both orders: the text lookups first.
+    # The frames' tokens scaled by 8 (``video_gain``): without it the colour was read late (fixed order 24-58%
+    # at step 500) and, with the options shuffled, on some batch orders not at all. Binding, count and motion
+    # have a model each: trained beside these, or beside each other, their shuffled variants were not learned
+    # on every batch order or CPU (README, "Planted pathways"). Trials on an Intel Xeon (README): with binding
+    # beside them, shuffled colour / binding 91 / 82%, 33 / 39% and 73 / 58% on three batch orders; without it
+    # the shuffled colour was read on both orders tried (100% at the end; on one of them 79% at step 1,000 of a
+    # 1,200-step run, hence 2,000 steps). Built there: pitch / colour 100 / 100% in the fixed order, 100 / 94%
+    # shuffled, in 9 minutes. The first recipes (pitch, colour and binding together, no gain) learned on one kind
+    # of CPU each and not on the other (README).
+    "planted-omni-shuffled": Recipe(family="qwen2.5-omni", tasks=("pitch", "colour"), variants=("fixed", "shuffled"),
+                                    n_train=2400, n_heads=2, n_kv_heads=2, lr=2e-3, steps=2000, weight_decay=0.1,
+                                    video_gain=8.0, lookup_steps=400, lookup_share=0.25),
+    # The colour shown while the tone sounds, in both orders: the text lookups, the fixed order alone, then
+    # mostly shuffled; the frames' gain as above. In trials from scratch it stayed at 36% shuffled; with the fixed
+    # order first 91% and 100% on two batch orders (600 questions of each order). Built with those 600, the fixed
+    # order was memorised (training loss 0, held out 52% at the end), so the build has three times as many.
+    "planted-omni-shuffled-binding": Recipe(family="qwen2.5-omni", tasks=("binding",), variants=("fixed", "shuffled"),
+                                            n_train=3600, n_heads=2, n_kv_heads=2, lr=2e-3, steps=2000,
+                                            weight_decay=0.1, video_gain=8.0, lookup_steps=400, lookup_share=0.25,
+                                            fixed_steps=500, fixed_share=0.25),
     # Interleaved items with the candidates in the class order and shuffled (the model must match the
     # reference against them): the class order first, then mostly shuffled. From scratch, 2,100 steps left
     # the shuffled at 40-54%; after the class order, with all the fixed-order questions kept, at 76-100%.
