@@ -220,6 +220,10 @@ def load_samples(spec: DataSpec, seed: int = 0, model: str | None = None) -> lis
         scope = {"tasks": RECIPES[model].tasks, "variants": RECIPES[model].variants} if model in RECIPES else {}
         root = data.planted.ensure(spec.dataset, n=spec.n_synthetic, seed=seed, **scope)
     samples = data.read(spec.dataset, root, split=spec.split, limit=spec.limit, select=spec.select)
+    if not samples:  # an experiment over no question would write no records and say nothing
+        trained = f" of the tasks {model} is trained on ({', '.join(RECIPES[model].tasks)})" if model in RECIPES else ""
+        raise InputError(f"{spec.dataset} at '{root}' holds no question{trained} that [data] select = {spec.select} "
+                         "and split keep: widen the selection, or run a model trained on the selected questions")
     return [dataclasses.replace(s, layout=spec.layout) for s in samples]
 
 

@@ -175,6 +175,20 @@ def test_a_planted_models_experiments_read_the_planted_questions_of_its_own_task
     assert orders("planted-omni-interleaved") == {"fixed"}
 
 
+def test_a_selection_that_keeps_no_question_is_an_error_not_an_empty_run(tmp_path, monkeypatch):
+    """The study's experiments select speaker and visual recognition; planted-omni-shuffled-binding's
+    planted set holds only audio-visual binding: zero questions, which must stop the run, naming why."""
+    from avmech.errors import InputError
+    from avmech.experiment import DataSpec, load_samples
+
+    monkeypatch.setenv("AVMECH_CACHE", str(tmp_path))
+    study = {"category": ["speaker recognition", "visual recognition"]}
+    spec = DataSpec(dataset="av-speakerbench", root="planted", n_synthetic=8, select=study)
+    assert load_samples(spec, 0, "planted-omni-shuffled")
+    with pytest.raises(InputError, match=r"no question of the tasks planted-omni-shuffled-binding .*binding"):
+        load_samples(spec, 0, "planted-omni-shuffled-binding")
+
+
 def test_layout_file_is_the_prepared_token_map(tmp_path, omni):
     import dataclasses
 
