@@ -207,9 +207,11 @@ def in_order(experiments: Iterable[Experiment]) -> list[Experiment]:
     return out
 
 
-def load_samples(spec: DataSpec, seed: int = 0, model: str | None = None) -> list:
+def load_samples(spec: DataSpec, seed: int = 0, model: str | None = None, *, allow_none: bool = False) -> list:
     """The samples of a data spec: the embedded synthetic set, the planted one (of the tasks and
-    variants ``model`` is trained on, when it is a planted model), or a local copy of the benchmark."""
+    variants ``model`` is trained on, when it is a planted model), or a local copy of the benchmark.
+    A selection that keeps none is an `InputError` (a run over it would say nothing), unless
+    ``allow_none`` (to ask whether an experiment applies to a model's data at all)."""
     from avmech import data
     from avmech.models.planted_recipes import RECIPES
 
@@ -220,7 +222,7 @@ def load_samples(spec: DataSpec, seed: int = 0, model: str | None = None) -> lis
         scope = {"tasks": RECIPES[model].tasks, "variants": RECIPES[model].variants} if model in RECIPES else {}
         root = data.planted.ensure(spec.dataset, n=spec.n_synthetic, seed=seed, **scope)
     samples = data.read(spec.dataset, root, split=spec.split, limit=spec.limit, select=spec.select)
-    if not samples:  # an experiment over no question would write no records and say nothing
+    if not samples and not allow_none:  # an experiment over no question would write no records and say nothing
         trained = f" of the tasks {model} is trained on ({', '.join(RECIPES[model].tasks)})" if model in RECIPES else ""
         raise InputError(f"{spec.dataset} at '{root}' holds no question{trained} that [data] select = {spec.select} "
                          "and split keep: widen the selection, or run a model trained on the selected questions")
@@ -244,6 +246,10 @@ def load_inputs(exp: Experiment, results: str | Path = "results") -> dict[str, p
                 f"experiments/{experiment}.toml --model {exp.model} --results {results})"
             )
         out[name] = pd.read_parquet(path)
+        if out[name].empty:
+            raise InputError(f"experiment {exp.name} reads the records of {experiment} (its input {name!r}) for "
+                             f"{exp.model}, and '{path}' holds no record: run that experiment again (avmech run "
+                             f"experiments/{experiment}.toml --model {exp.model} --results {results})")
     return out
 
 
@@ -321,10 +327,14 @@ def _revision(m) -> str | None:
 
 
 def up_to_date(exp: Experiment, results: str | Path = "results") -> bool:
-    """Whether ``exp``'s folder holds its finished records (``records.parquet``), written with this
-    configuration and these inputs; finished records of another configuration are an `InputError`."""
+    """Whether ``exp``'s folder holds its finished records (``records.parquet``, at least one), written
+    with this configuration and these inputs; finished records of another configuration are an `InputError`.
+
+    A ``records.parquet`` without a row (a run that skipped every sample, or one written before an
+    empty data selection was refused) is not up to date: running again retries its samples.
+    """
     base = results_dir(exp, results)
-    if not (base / RECORDS).exists():
+    if not (base / RECORDS).exists() or pq.read_metadata(base / RECORDS).num_rows == 0:
         return False
     fp = fingerprint(exp, inputs=load_inputs(exp, results))
     found = _recorded(base)
@@ -406,7 +416,12 @@ def execute(
             e.add_note(kept_records(store))
             raise
         path = store.finalize()
-    return RunSummary(store.dir, pq.read_metadata(path).num_rows, new, tuple(skipped), store.skipped)
+        written = pq.read_metadata(path).num_rows
+        if samples and not written:  # a run over samples that left no record is a failure, not an empty result
+            raise InputError(f"{exp.name} on {exp.model} wrote no record for its {len(samples)} samples "
+                             f"({len(skipped)} skipped, see '{store.skipped}'): mend what that log names and run "
+                             "again (--strict stops at the first sample that fails)")
+    return RunSummary(store.dir, written, new, tuple(skipped), store.skipped)
 
 
 def unwritten(records: Iterable[dict[str, Any]], store: RecordStore) -> Iterator[dict[str, Any]]:

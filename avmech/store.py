@@ -432,14 +432,6 @@ def mismatch(directory: Path, old: dict[str, Any], new: dict[str, Any]) -> Input
     )
 
 
-def read_records(directory: str | Path) -> pd.DataFrame:
-    """The tidy records of a results directory (``records.parquet``)."""
-    path = Path(directory) / RECORDS
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist: run the experiment first (avmech run ...)")
-    return pd.read_parquet(path)
-
-
 def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()

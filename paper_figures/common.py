@@ -123,10 +123,15 @@ def order_models(models) -> list[str]:
 def read_source(directory: Path) -> tuple[pd.DataFrame, Source]:
     """The records of one ``results/<experiment>/<model>/`` directory and where they came from."""
     records = pd.read_parquet(directory / RECORDS)
+    if records.empty:  # a figure of nothing would say "no effect"
+        from avmech.errors import InputError
+
+        raise InputError(f"'{directory / RECORDS}' holds no record: run the experiment again (make figures reruns "
+                         "it), or move the folder away")
     config = json.loads((directory / "config.json").read_text()) if (directory / "config.json").exists() else {}
     env = json.loads((directory / "env.json").read_text()) if (directory / "env.json").exists() else []
     data = config.get("data", {})
-    first = records.iloc[0] if len(records) else {}
+    first = records.iloc[0]
     source = Source(
         experiment=config.get("name", directory.parent.name),
         model=config.get("model", first.get("model", directory.name)),

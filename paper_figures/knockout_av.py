@@ -9,6 +9,9 @@ last -> last), one line per edge, one row per (model, task): audio-reliant (spea
 recognition) vs visual-reliant (visual recognition) tasks. The footnote says which roles
 each group name covered (``question_block`` = instruction + question + option letters
 and texts) and how many records the means left out.
+
+The same curves of ``binding_knockout`` (questions that need both streams, which the study
+does not have: a planted demo model's) are a second figure, a row per option order.
 """
 
 from __future__ import annotations
@@ -55,14 +58,15 @@ def panels(edges: pd.DataFrame, families) -> list[tuple[str, list[str]]]:
     return out + ([("other edges", rest)] if rest else [])
 
 
-def draw_curves(records: pd.DataFrame, meta: common.Meta, families, title: str) -> Figure:
-    """Knockout curves: a row per (model, task), a panel per edge family, a line per edge."""
+def draw_curves(records: pd.DataFrame, meta: common.Meta, families, title: str, col: str | None = None) -> Figure:
+    """Knockout curves: a row per (model, task), a panel per edge family, a line per edge; the tasks
+    are the values of ``col`` (default: `common.task_column`)."""
     rows, k = knockout_rows(records)
     families = panels(rows, families)
     src = dict(zip(rows["edge"], rows["src"]))
     spare = iter(sns.color_palette("tab10"))
     colors = {e: common.ROLE_COLORS.get(src[e]) or next(spare) for _, members in families for e in members}
-    col = common.task_column(records)
+    col = col or common.task_column(records)
     grid = [(m, t, rows[(rows["model"] == m) & ((rows[col] == t) if col else True)])
             for m in common.order_models(records["model"].unique())
             for t in (sorted(records.loc[records["model"] == m, col].dropna().unique()) if col else ["all tasks"])]
@@ -98,3 +102,14 @@ def draw_curves(records: pd.DataFrame, meta: common.Meta, families, title: str) 
 @registry.figure("fig_knockout_av_video", TITLE, ("av_video_knockout",))
 def draw(records: pd.DataFrame, meta: common.Meta) -> Figure:
     return draw_curves(records, meta, FAMILIES, TITLE)
+
+
+BINDING_TITLE = "Attention knockout per layer window: questions that need both streams"
+BINDING_FAMILIES = (("audio ↔ video", lambda src, dst: {src, dst} == {"audio_tokens", "video"}), *FAMILIES)
+
+
+@registry.figure("fig_knockout_binding", BINDING_TITLE, ("binding_knockout",))
+def draw_binding(records: pd.DataFrame, meta: common.Meta) -> Figure:
+    """The same curves for ``binding_knockout`` (the colour the shape shows while the tone sounds): a row
+    per option order, with the edges between the two streams in a panel of their own."""
+    return draw_curves(records, meta, BINDING_FAMILIES, BINDING_TITLE, col="sub_category")

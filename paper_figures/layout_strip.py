@@ -3,8 +3,9 @@ which modality, and when.
 
 The layout is not in any experiment's records: it is read from
 ``results/layout/<model-slug>/layout.json``, which the figures driver (`paper_figures.make`)
-writes by *preparing* (no forward pass) the first sample of ``av_video_knockout``, and
-the first of ``interleaved_knockout`` in both interleaved layouts: the study's
+writes by *preparing* (no forward pass) the first sample of ``av_video_knockout`` (or of
+``binding_knockout``, on a model that runs it), and the first of ``interleaved_knockout`` in
+both interleaved layouts: the study's
 (``[candidates][question][reference][options]``, what the study's experiments use) and
 the data set's (items where the question names them). Per sample: a strip coloured by
 role (interleaving chunks and items marked, option letters labelled) and, below it, the

@@ -40,7 +40,7 @@ from pathlib import Path
 from paper_figures import common, index, layout_strip, registry
 
 DEMO = ("planted-omni", "planted-salmonn", "planted-omni-interleaved", "tiny-omni", "tiny-salmonn")
-LAYOUT_FROM = ("av_video_knockout", "interleaved_knockout")
+LAYOUT_FROM = ("av_video_knockout", "interleaved_knockout", "binding_knockout")
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
@@ -50,12 +50,10 @@ def run_missing(results: Path, experiments: Path, models: tuple[str, ...], load)
 
     ran, covered = [], planted_datasets(models)
     for model in models:
-        exps = experiments_for(model, experiments, covered)
-        skipped = sorted({p.stem for p in experiments.glob("*.toml")} - {e.name for e in exps})
-        if skipped:
-            why = ("it is not trained on their data sets" if common.is_planted(model)
-                   else "a planted demo model runs their data sets")
-            print(f"not running {', '.join(skipped)} on {model}: {why}", flush=True)
+        exps, skipped = experiments_for(model, experiments, covered)
+        for why in dict.fromkeys(skipped.values()):
+            names = ", ".join(name for name, reason in skipped.items() if reason == why)
+            print(f"not running {names} on {model}: {why}", flush=True)
         for exp in in_order(exps):
             if up_to_date(exp, results):  # records of another configuration: an error naming the folder
                 continue
@@ -72,13 +70,17 @@ def planted_datasets(models: tuple[str, ...]) -> frozenset[str]:
     return frozenset(RECIPES[m].dataset for m in models if m in RECIPES)
 
 
-def experiments_for(model: str, experiments: Path, covered: frozenset[str] = frozenset()) -> list:
-    """The experiment files as ``model`` runs them: a planted model on its planted questions, and only
-    the experiments on the data set it was trained on; any other model the experiments on a data set
-    not in ``covered`` (those a planted model among the demo models runs: the random demo models
-    draw only what no planted one can), with those whose records they read. The others are named
-    as skipped."""
-    from avmech.experiment import load_experiment
+def experiments_for(model: str, experiments: Path, covered: frozenset[str] = frozenset()) -> tuple[list, dict[str, str]]:
+    """The experiment files as ``model`` runs them, and why each of the others is not run.
+
+    A planted model runs its planted questions, and only the experiments on the data set it was
+    trained on; any other model the experiments on a data set not in ``covered`` (those a planted
+    model among the demo models runs: the random demo models draw only what no planted one can),
+    with those whose records they read. Of these, an experiment whose data selection keeps none of
+    the model's questions (binding_knockout on a set without binding questions) is not run either,
+    nor one that reads the records of an experiment not run.
+    """
+    from avmech.experiment import load_experiment, load_samples
     from avmech.models.planted_recipes import RECIPES
 
     paths = sorted(experiments.glob("*.toml"))
@@ -87,9 +89,19 @@ def experiments_for(model: str, experiments: Path, covered: frozenset[str] = fro
         keep = [name for name, e in exps.items() if e.data.dataset not in covered]
         for name in keep:  # and the experiments whose records those read (grows while it is walked)
             keep += [i for i in exps[name].inputs.values() if i in exps and i not in keep]
-        return [e for name, e in exps.items() if name in keep]
-    exps = [load_experiment(p, model=model, root="planted") for p in paths]
-    return [e for e in exps if e.data.dataset == RECIPES[model].dataset]
+        why = "a planted demo model runs their data sets"
+    else:
+        exps = {e.name: e for e in (load_experiment(p, model=model, root="planted") for p in paths)}
+        keep = [name for name, e in exps.items() if e.data.dataset == RECIPES[model].dataset]
+        why = "it is not trained on their data sets"
+    skipped = {name: why for name in exps if name not in keep}
+    for name in keep:
+        if not load_samples(exps[name].data, exps[name].seed, model, allow_none=True):
+            skipped[name] = f"their data selection keeps none of its questions of {exps[name].data.dataset}"
+    while orphans := [name for name in keep if name not in skipped
+                      and any(i in skipped for i in exps[name].inputs.values())]:
+        skipped |= {name: "they read the records of an experiment not run on it" for name in orphans}
+    return [e for name, e in exps.items() if name in keep and name not in skipped], skipped
 
 
 def layout_sample(tokens, sample, exp, layout: str) -> dict:
@@ -105,17 +117,21 @@ def layout_sample(tokens, sample, exp, layout: str) -> dict:
     }
 
 
-def write_layout(results: Path, experiments: Path, model: str, load) -> Path:
-    """``results/layout/<model>/layout.json`` from prepared samples (no forward pass), unless present."""
+def write_layout(results: Path, experiments: Path, model: str, load) -> Path | None:
+    """``results/layout/<model>/layout.json`` from prepared samples (no forward pass) of those of
+    ``LAYOUT_FROM`` that ``model`` runs, unless present; None where it runs none of them."""
     import dataclasses
 
     from avmech.experiment import load_samples
     from avmech.store import environment, slug
 
-    exps = [e for e in experiments_for(model, experiments) if e.name in LAYOUT_FROM]
+    exps = [e for e in experiments_for(model, experiments)[0] if e.name in LAYOUT_FROM]
     path = results / "layout" / slug(model) / layout_strip.LAYOUT
     if path.exists():
         return path
+    if not exps:
+        print(f"no token layout of {model}: it runs none of {', '.join(LAYOUT_FROM)}", flush=True)
+        return None
     m = load(model, exps[0].seed)
     samples = []
     for exp in exps:

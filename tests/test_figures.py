@@ -533,9 +533,32 @@ def test_planted_check_states_each_expectation_and_whether_it_holds():
     pd.testing.assert_frame_equal(alone, t[t["experiment"] == "interleaved_knockout"].reset_index(drop=True))
 
 
+def test_planted_check_expects_both_streams_in_a_binding_question_and_the_options_where_shuffled():
+    binding = "audio-visual binding"
+    records = knockout((("audio_tokens", "last"), ("video", "last"), ("options", "last"), ("video", "audio_tokens")),
+                       model="planted-omni-shuffled-binding", tasks=((binding, ("s1", "s3")),))
+    records["sub_category"] = records["sample_id"].map({f"{binding}/s1": "fixed order", f"{binding}/s3": "shuffled"})
+    numbers = {e.name: e for e in registry.entries()}["table_planted_check"].numbers
+    rows = {(r.task, r.edge): r for r in numbers({"binding_knockout": records}).itertuples()}
+    fixed, shuffled = f"{binding} (fixed order)", f"{binding} (shuffled)"
+    assert set(rows) == {(fixed, "audio_tokens->last"), (fixed, "video->last"), (shuffled, "audio_tokens->last"),
+                         (shuffled, "video->last"), (shuffled, "options->last")}  # video->audio: nothing expected
+    for task, edge, dp in ((fixed, "video->last", -12.0), (shuffled, "video->last", -62.0),
+                           (shuffled, "options->last", -62.0)):
+        assert rows[task, edge].expected == "<= -50%" and rows[task, edge].dp_pct == pytest.approx(dp)
+        assert rows[task, edge].holds == (dp <= -50)
+    # trained in the class order alone, the options carry nothing the answer needs: they are spared
+    alone = numbers({"binding_knockout": records[records["sub_category"] == "fixed order"]})
+    spared = alone[alone["edge"] == "options->last"].iloc[0]
+    assert spared.expected == "within ±20%" and spared.dp_pct == pytest.approx(-12.0) and spared.holds
+    with pytest.raises(ValueError, match="no 'sub_category' column"):
+        numbers({"binding_knockout": records.drop(columns="sub_category")})
+
+
 def test_planted_check_reads_whichever_configuration_was_run(tmp_path):
     entry = {e.name: e for e in registry.entries()}["table_planted_check"]
-    with pytest.raises(FileNotFoundError, match="no records of av_video_knockout or interleaved_knockout"):
+    with pytest.raises(FileNotFoundError,
+                       match="no records of av_video_knockout or binding_knockout or interleaved_knockout"):
         entry.load(tmp_path)
     interleaved = knockout((("reference", "last"),), model="planted-omni-interleaved", tasks=(("A->I", ("s3",)),),
                            task_col="direction").assign(question_type_id=5)

@@ -55,6 +55,10 @@ def hand_made_results(root, skip=()) -> None:
             continue
         write_results(root, name, frame)
     write_results(root, "av_video_knockout", av.assign(model="planted-omni"), model="planted-omni")
+    binding = knockout((("video", "audio_tokens"), ("audio_tokens", "last"), ("options", "last")),
+                       model="planted-omni-shuffled-binding", tasks=(("audio-visual binding", ("s1",)),))
+    write_results(root, "binding_knockout", binding.assign(sub_category="shuffled"),
+                  model="planted-omni-shuffled-binding")  # only a model trained on them runs them
     (root / "layout" / DEMO).mkdir(parents=True)
     (root / "layout" / DEMO / "layout.json").write_text(json.dumps(layout_json()))
 
@@ -64,7 +68,7 @@ def test_the_registry_is_the_one_list_of_figures():
     scripts = {p.stem for p in Path(make.__file__).parent.glob("*.py")} - {
         "__init__", "__main__", "common", "registry", "make", "index"}
     assert {e.module.split(".")[-1] for e in entries} == scripts  # every script declares, nothing else does
-    assert len({e.name for e in entries}) == len(entries) == 13
+    assert len({e.name for e in entries}) == len(entries) == 14
     for e in entries:
         assert not hasattr(__import__(e.module, fromlist=["x"]), "main")  # no per-script main tails
     studied = {x for e in entries for x in e.experiments}
@@ -133,20 +137,43 @@ def test_the_demo_runs_both_families_of_the_study_and_the_planted_model():
 
 
 def test_a_planted_model_runs_the_experiments_of_its_data_on_its_planted_questions():
-    exps = make.experiments_for("planted-omni", make.EXPERIMENTS)
+    exps, skipped = make.experiments_for("planted-omni", make.EXPERIMENTS)
     assert exps and {e.data.dataset for e in exps} == {"av-speakerbench"}
     assert {e.data.root for e in exps} == {"planted"} and {e.model for e in exps} == {"planted-omni"}
     assert "av_video_knockout" in {e.name for e in exps} and "interleaved_knockout" not in {e.name for e in exps}
-    interleaved = make.experiments_for("planted-omni-interleaved", make.EXPERIMENTS)
+    assert skipped["interleaved_knockout"] == "it is not trained on their data sets"
+    assert skipped["binding_knockout"] == "their data selection keeps none of its questions of av-speakerbench"
+    interleaved, _ = make.experiments_for("planted-omni-interleaved", make.EXPERIMENTS)
     assert {e.name for e in interleaved} == {"interleaved_knockout", "token_discard_interleaved"}
     assert {e.data.root for e in interleaved} == {"planted"}
-    everything = make.experiments_for("tiny-omni", make.EXPERIMENTS)
-    assert {e.data.root for e in everything} == {"synthetic"} and len(everything) == len(list(make.EXPERIMENTS.glob("*.toml")))
+    # the model trained on the questions that need both streams runs the sweep of those alone
+    binding, skipped = make.experiments_for("planted-omni-shuffled-binding", make.EXPERIMENTS)
+    assert [e.name for e in binding] == ["binding_knockout"] and set(skipped) == {
+        p.stem for p in make.EXPERIMENTS.glob("*.toml")} - {"binding_knockout"}
+    everything, skipped = make.experiments_for("tiny-omni", make.EXPERIMENTS)
+    assert {e.data.root for e in everything} == {"synthetic"} and list(skipped) == ["binding_knockout"]
+    assert len(everything) == len(list(make.EXPERIMENTS.glob("*.toml"))) - 1
     # beside the planted demo models, a random one runs only what none of them can: WorldSense's experiment,
     # and the sweep whose records it reads
-    rest = make.experiments_for("tiny-omni", make.EXPERIMENTS, make.planted_datasets(make.DEMO))
+    rest, _ = make.experiments_for("tiny-omni", make.EXPERIMENTS, make.planted_datasets(make.DEMO))
     assert make.planted_datasets(make.DEMO) == {"av-speakerbench", "av-odyssey"}
     assert {e.name for e in rest} == {"worldsense_discard", "av_video_knockout"}
+
+
+def test_an_experiment_that_reads_one_not_run_is_not_run_either(tmp_path):
+    """A selection of no question drops the sweep, and with it the experiments that read its records."""
+    for path in make.EXPERIMENTS.glob("*.toml"):
+        text = path.read_text()
+        if path.stem == "av_video_knockout":
+            text = text.replace('select = { category = ["speaker recognition", "visual recognition"] }',
+                                'select = { category = ["speaker counting"] }')
+        (tmp_path / path.name).write_text(text)
+    exps, skipped = make.experiments_for("tiny-omni", tmp_path)
+    assert skipped["av_video_knockout"].startswith("their data selection keeps none")
+    readers = {"effective_pathway", "token_discard", "worldsense_discard"}
+    assert {name for name, why in skipped.items() if why == "they read the records of an experiment not run on it"
+            } == readers
+    assert not readers & {e.name for e in exps}
 
 
 def test_a_planted_models_experiments_read_the_planted_questions_of_its_own_tasks(tmp_path, monkeypatch):

@@ -21,7 +21,8 @@ from avmech.flows.common import windows
 from avmech.flows.discard import DiscardParams, token_discard
 from avmech.flows.knockout import KnockoutParams, knockout_sweep, random_pairs
 from avmech.flows.lens import LensParams, letter_lens
-from avmech.store import RecordStore
+from avmech.models.planted_recipes import RECIPES
+from avmech.store import RecordStore, slug
 
 EXPERIMENTS = sorted(Path(__file__).resolve().parents[1].glob("experiments/*.toml"))
 
@@ -227,15 +228,37 @@ def test_every_experiment_file_is_valid():
     assert flows == set(FLOWS)
 
 
+# binding_knockout's default is the planted model trained on its questions (built in about 11 minutes):
+# slow tier; the default tier runs it on tiny-omni over a planted set of those questions (below).
+DEFAULTS = [pytest.param(path, id=path.stem, marks=[pytest.mark.slow] * (load_experiment(path).model in RECIPES))
+            for path in EXPERIMENTS]
+
+
 @pytest.mark.integration
-@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", DEFAULTS)
 def test_every_experiment_runs_on_the_embedded_default(path, tmp_path):
     for name in load_experiment(path).inputs.values():  # the experiments whose records it reads, first
         result = CliRunner().invoke(app, ["run", str(path.parent / f"{name}.toml"), "--results", str(tmp_path)])
         assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["run", str(path), "--results", str(tmp_path), "--limit", "3"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / load_experiment(path).name / "tiny-omni" / "records.parquet").exists()
+    exp = load_experiment(path)
+    assert (tmp_path / exp.name / slug(exp.model) / "records.parquet").exists()
+
+
+@pytest.mark.integration
+def test_the_binding_sweep_runs_on_a_set_of_binding_questions(tmp_path):
+    """On a set without them (tiny-omni's planted set: pitch, beeps, colour, motion) it is an error."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / "binding_knockout.toml"
+    root = data.planted.ensure("av-speakerbench", n=8, tasks=("binding",), variants=("fixed", "shuffled"))
+    run = ["run", str(path), "--model", "tiny-omni", "--results", str(tmp_path)]
+    result = CliRunner().invoke(app, [*run, "--data", str(root)])
+    assert result.exit_code == 0, result.output
+    records = pd.read_parquet(tmp_path / "binding_knockout" / "tiny-omni" / "records.parquet")
+    assert set(records["category"]) == {"audio-visual binding"}
+    assert set(records["sub_category"]) == {"fixed order", "shuffled"}
+    refused = CliRunner().invoke(app, run + ["--results", str(tmp_path / "refused")])
+    assert refused.exit_code != 0 and "holds no question that [data] select" in refused.output
 
 
 @pytest.mark.integration

@@ -603,6 +603,30 @@ def test_each_stream_carries_its_tasks_and_binding_needs_both(shuffled_runs, tas
             assert ratio >= 0.8, f"cutting {stream} moved p(correct) of {task} to x{ratio:.2f}"
 
 
+# Where do the two streams meet in a binding question? Not at the last position: the sweep
+# (binding_knockout, table_planted_check) finds video -> last at 0% in every window. Measured on the
+# Intel build: the sound's tokens read the frames in layer 1 (that layer alone: x0.37 fixed order, x0.17
+# shuffled; any other layer x1.00), and carry the bound colour on (README, "Planted pathways").
+@pytest.mark.slow
+@pytest.mark.parametrize("shuffled_model", ["planted-omni-shuffled-binding"], indirect=True)
+def test_in_a_binding_question_the_sounds_tokens_read_the_frames(shuffled_model):
+    m, recipe = shuffled_model, RECIPES[shuffled_model.name]
+    cuts = {"video->audio": AttentionKnockout("video", "audio_tokens", "all"),
+            "video->rest": AttentionKnockout("video", "all - video - audio_tokens", "all")}
+    cuts |= {layer: AttentionKnockout("video", "audio_tokens", [layer]) for layer in range(m.n_layers)}
+    rows = []
+    for s in data.read("av-speakerbench", planted.ensure("av-speakerbench", n=48, tasks=recipe.tasks,
+                                                         variants=recipe.variants)):
+        base, *cut = m.run_many(m.prepare(s), [[]] + [[c] for c in cuts.values()])
+        rows.append({"order": s.meta["sub_category"], "base": base, "cut": dict(zip(cuts, cut))})
+    for order in ("fixed order", "shuffled"):
+        mine = [r for r in rows if r["order"] == order]
+        assert p_ratio(mine, "video->audio") <= 0.5, order  # the frames reach the answer through the sound
+        assert p_ratio(mine, "video->rest") >= 0.8, order  # and not through any other token
+        moving = {layer for layer in range(m.n_layers) if p_ratio(mine, layer) < 0.9}
+        assert moving == {1}, (order, [round(p_ratio(mine, layer), 2) for layer in range(m.n_layers)])
+
+
 # Knockout removes a block of attention as well as what the block holds; patching in another clip's
 # stream keeps the block and swaps what it holds. Where cutting the uninformative stream lowers p
 # (SHUFFLED_DIVERGES), this tells a stream that is read from one that is only attended to. Measured on

@@ -25,7 +25,7 @@ from typer.testing import CliRunner
 from avmech import data
 from avmech.cli import app, fail
 from avmech.errors import EXIT_STATUS, InputError, RemoteError
-from avmech.experiment import execute, fingerprint, load_experiment, run_experiment
+from avmech.experiment import execute, fingerprint, load_experiment, run_experiment, up_to_date
 from avmech.store import RecordStore, RunLock
 
 LENS = """
@@ -344,6 +344,37 @@ def test_a_corrupt_clip_is_skipped_logged_and_counted(omni, corrupt_copy, tmp_pa
     (line,) = _lines(strict.output)
     assert "could not decode" in line and f"while preparing sample {ids[0]!r}" in line
     assert not (tmp_path / "strict" / "lens" / "tiny-omni" / "skipped.jsonl").exists()
+
+
+def test_a_run_that_leaves_no_record_is_an_error_and_is_run_again(omni, corrupt_copy, tmp_path):
+    """Questions 1 and 2 share the corrupt clip: both skipped, no record. That is an error, not an empty
+    result, and the empty records.parquet is not "up to date": once the clip is mended the run retries."""
+    exp = load_experiment(_exp_file(tmp_path), root=str(corrupt_copy), limit=2)
+    results = tmp_path / "results"
+    with pytest.raises(InputError, match=r"wrote no record for its 2 samples \(2 skipped, see '.*skipped.jsonl'\)"):
+        execute(exp, results, model=omni)
+    assert pd.read_parquet(_folder(results) / "records.parquet").empty and not up_to_date(exp, results)
+    first = data.read("av-speakerbench", corrupt_copy, limit=1)[0]
+    shutil.copy(data.read("av-speakerbench", data.synthetic.ensure("av-speakerbench", n=8), limit=1)[0].video,
+                first.video)
+    summary = execute(exp, results, model=omni)
+    assert summary.records == summary.new == 2 * omni.n_layers and summary.skipped == ()
+    assert up_to_date(exp, results)
+
+
+def test_neither_a_figure_nor_a_later_experiment_reads_a_records_file_without_a_record(tmp_path):
+    """The token-discard experiment reads the knockout sweep's records; an empty sweep would give it no layer."""
+    from avmech.experiment import load_inputs
+    from paper_figures.common import read_source
+
+    folder = tmp_path / "av_video_knockout" / "tiny-omni"
+    folder.mkdir(parents=True)
+    pd.DataFrame({"sample_id": [], "condition": []}).to_parquet(folder / "records.parquet")
+    with pytest.raises(InputError, match="holds no record: run the experiment again"):
+        read_source(folder)
+    discard = load_experiment(Path(__file__).parents[1] / "experiments" / "token_discard.toml", model="tiny-omni")
+    with pytest.raises(InputError, match=r"reads the records of av_video_knockout .* holds no record: run that"):
+        load_inputs(discard, tmp_path)
 
 
 # ---- a full disk, a read-only folder --------------------------------------------------
