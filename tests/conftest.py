@@ -129,6 +129,14 @@ def _user_cache():
         os.environ["AVMECH_CACHE"] = test_cache
 
 
+@pytest.fixture
+def user_cache():
+    """One test in the user's model cache: a planted model that test loads by name (a CLI run) is the one
+    trained there once and reused, not trained again in the test session's cache."""
+    with _user_cache():
+        yield
+
+
 def _planted_dir(name: str):
     """A planted model's checkpoint in the user's cache: its recipe's digest names it, so a changed
     recipe trains a new one (on the recipe's threads)."""
