@@ -237,14 +237,14 @@ DEFAULTS = [pytest.param(path, id=path.stem, marks=[pytest.mark.slow] * (load_ex
 @pytest.mark.integration
 @pytest.mark.parametrize("path", DEFAULTS)
 def test_every_experiment_runs_on_the_embedded_default(path, tmp_path, request):
-    if load_experiment(path).model in RECIPES:
+    exp = load_experiment(path)
+    if exp.model in RECIPES:
         request.getfixturevalue("user_cache")
-    for name in load_experiment(path).inputs.values():  # the experiments whose records it reads, first
+    for name in exp.inputs.values():  # the experiments whose records it reads, first
         result = CliRunner().invoke(app, ["run", str(path.parent / f"{name}.toml"), "--results", str(tmp_path)])
         assert result.exit_code == 0, result.output
     result = CliRunner().invoke(app, ["run", str(path), "--results", str(tmp_path), "--limit", "3"])
     assert result.exit_code == 0, result.output
-    exp = load_experiment(path)
     assert (tmp_path / exp.name / slug(exp.model) / "records.parquet").exists()
 
 
