@@ -157,6 +157,12 @@ def planted_model(request):
 
 # Where planted-omni-shuffled's flows do not show the planted routes (README, "Planted pathways").
 SHUFFLED_DIVERGES = {
+    "test_the_sweep_and_the_attention_readout_agree_on_the_layers_that_read_the_options[planted-omni-shuffled-colour]":
+        "over the 11 of 12 shuffled colour questions answered correctly, cutting options -> last in layer 0 / 1 / "
+        "2 / 3 alone leaves p at x0.87 / 0.85 / 1.00 / 0.92 while the last position puts 0.32 / 0.22 / 0.02 / "
+        "0.10 of its attention on the options: the questions differ in the layer that reads them (one in layer "
+        "0, x0.00; two in layers 0 and 1, x0.54 / 0.03 and x0.58 / 0.05; one in layer 3, x0.08; seven lose "
+        "nothing to any one layer's cut), which the mean attention does not show. Over all 12 it passed: the wrong answer (p 0.20) rose x1.84 with the layer-1 cut",
     "test_shuffled_options_are_read_by_the_last_position[planted-omni-shuffled-pitch]":
         "cutting options -> last leaves p at x0.56 (accuracy 58% of 12): the options also reach the last position "
         "through the tokens after them (options -> those tokens alone x0.26; every edge out of the options x0.10, "
@@ -178,24 +184,39 @@ SHUFFLED_DIVERGES = {
 }
 
 # Where planted-omni-interleaved-shuffled's flows do not show what was expected (README, "Planted pathways").
+# Numbers of the Intel machine's build of the recipe as it is; "the earlier build" is the build machine's of
+# the earlier recipe (1,400 steps, no weight decay; refused on the Intel machine, its shuffled beeps I->A at 80%).
 AGREE = "test_the_sweep_and_the_attention_readout_agree_on_where_the_shuffled_candidates_reach_the_last_position"
+SWEEP = "test_the_sweep_finds_where_the_shuffled_candidates_move_and_discarding_them_after_it_keeps_the_answer"
 MATCHING_DIVERGES = {
+    "test_the_reference_answers_in_either_order[A->I-fixed]":
+        "in the class order A->I cutting reference -> last leaves p at x0.502, on the bar (every edge of the "
+        "reference x0.25): the reference also reaches the last position through the tokens after it. The earlier "
+        "build: x0.16, and passed (ON_THE_BAR)",
     "test_the_reference_answers_in_either_order[A->I-shuffled]":
-        "on the shuffled A->I items cutting reference -> last leaves p at x0.54 (accuracy 50%) and every edge of "
-        "the reference x0.41 (42%): the reference also reaches the last position through the tokens after it, "
-        "and without it the model still answers 42% of 24 (chance 25%). A build on another CPU sits on the bar "
-        "(x0.50 and x0.50) and passes: not strict (ON_THE_BAR)",
-    f"{AGREE}[A->I]": "cutting candidates -> last matters in layers 0 and 1 (x0.70, x0.79) while the last position "
-                      "puts 0.23 / 0.31 / 0.26 / 0.22 of its attention on the image candidates in layers 0-3",
-    f"{AGREE}[I->A]": "cutting candidates -> last matters in layers 0-2 (x0.66 / 0.68 / 0.59, layer 3: x0.98) while "
-                      "the last position puts 0.53-0.79 of its attention on the audio candidates in every layer, "
-                      "0.66 in layer 3, as planted-omni-interleaved does on the same clips with no effect",
+        "the earlier build: on the shuffled A->I items cutting reference -> last left p at x0.54 (accuracy 50%) and "
+        "every edge of the reference x0.41 (42%); the same recipe on the AMD machine x0.50 and x0.50, and passed; "
+        "this build x0.43 and x0.12, and passes (ON_THE_BAR)",
+    f"{SWEEP}[I->A]": "on the shuffled I->A items (20 of 24 answered correctly) cutting the audio candidates' "
+                      "edges from layer 3 on leaves p at x0.97, under the 0.98 that calls the transfer over, so "
+                      "the sweep finds them read in the last layer; dropping them after layer 2 keeps all 20 "
+                      "answers (over all 24: 88%, 83% without the drop). The earlier build: x0.98, and passed "
+                      "(ON_THE_BAR)",
+    f"{AGREE}[A->I]": "cutting candidates -> last matters in layers 0 and 1 (x0.71, x0.68) while the last position "
+                      "puts 0.24 / 0.29 / 0.21 / 0.27 of its attention on the image candidates in layers 0-3 (the "
+                      "earlier build: x0.70, x0.79; 0.23 / 0.31 / 0.26 / 0.22)",
+    f"{AGREE}[I->A]": "cutting candidates -> last matters in layers 0 and 1 (x0.41 / 0.71, layers 2-3: x0.90 / "
+                      "0.97) while the last position puts 0.40-0.68 of its attention on the audio candidates in "
+                      "every layer, 0.68 in layer 3, as planted-omni-interleaved does on the same clips with no "
+                      "effect (the earlier build: layers 0-2, x0.66 / 0.68 / 0.59; 0.53-0.79)",
 }
 
 
 # Divergences where builds of the same recipe on two kinds of CPU (whose floats round otherwise; README,
-# "Planted pathways") land on either side of the test's bar: expected to fail, but a pass is not a surprise.
-ON_THE_BAR = {"test_the_reference_answers_in_either_order[A->I-shuffled]",
+# "Planted pathways"), or of a recipe and the one before it, land on either side of the test's bar: expected
+# to fail, but a pass is not a surprise.
+ON_THE_BAR = {"test_the_reference_answers_in_either_order[A->I-fixed]",
+              "test_the_reference_answers_in_either_order[A->I-shuffled]", f"{SWEEP}[I->A]",
               "test_cutting_a_modality_silences_its_tasks_and_spares_the_others[planted_salmonn-video]"}
 
 
@@ -256,12 +277,29 @@ def p_ratio(rows, cut: str) -> float:
     return np.mean([r["cut"][cut].p_correct for r in rows]) / np.mean([r["base"].p_correct for r in rows])
 
 
+def answered(rows) -> list[dict]:
+    """The rows answered correctly, over which the study averages a ratio of p(correct) per sample
+    (PAPER.md): where an answer is wrong p_base is near 0 and its ratio means nothing (one wrong answer of
+    planted-omni-interleaved-shuffled's, p 0.001 raised to 0.7 by a cut, took a mean of 24 ratios to x30)."""
+    kept = [r for r in rows if r["base"].correct]
+    assert kept, "no row is answered correctly: nothing to average a ratio over"
+    return kept
+
+
+def attention_to_last(m, rows, group: str) -> np.ndarray:
+    """Per layer: the share of the last position's attention (mean over heads) on ``group``, mean over the
+    rows answered correctly."""
+    read = AttentionRead("all", "last", (group,))
+    return np.mean([m.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in answered(rows)], 0)
+
+
 def transfer_profile(m, rows, group):
-    """Per layer: mean p(correct) ratio with ``group``'s edges (a modality's group, or any group) into
-    later tokens cut in that layer alone, and in that layer and every later one."""
+    """Per layer, over the rows answered correctly: mean p(correct) ratio with ``group``'s edges (a
+    modality's group, or any group) into later tokens cut in that layer alone, and in that layer and every
+    later one."""
     n, group = m.n_layers, GROUPS.get(group, group)
     single, onwards = [], []
-    for r in rows:
+    for r in answered(rows):
         conditions = [[AttentionKnockout(group, f"all - {group}", [l])] for l in range(n)]
         conditions += [[AttentionKnockout(group, f"all - {group}", range(l, n))] for l in range(n)]
         res = m.run_many(r["p"], conditions)
@@ -300,8 +338,7 @@ def check_discarding_after_the_transfer(m, rows, group):
 def test_the_sweep_and_the_attention_readout_agree_on_where_video_moves(planted_model, planted_runs):
     m, rows = planted_model, [r for r in planted_runs if r["modality"] == "video"]
     single, onwards = transfer_profile(m, rows, "video")
-    read = AttentionRead("all", "last", ("video",))
-    mass = np.mean([m.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in rows], 0)
+    mass = attention_to_last(m, rows, "video")
     assert int(np.argmin(single)) == int(np.argmax(mass)), (single, mass)
     # where cutting from a layer on changes nothing, the last position barely looks at the video
     idle = [l for l in range(m.n_layers) if onwards[l] > 0.98]
@@ -520,8 +557,7 @@ def test_the_sweep_and_the_attention_readout_agree_on_where_the_reference_moves(
         planted_omni_interleaved, interleaved_runs, direction):
     m, rows = planted_omni_interleaved, [r for r in interleaved_runs if r["direction"] == direction]
     single, _ = transfer_profile(m, rows, "reference")
-    read = AttentionRead("all", "last", ("reference",))
-    mass = np.mean([m.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in rows], 0)
+    mass = attention_to_last(m, rows, "reference")
     assert int(np.argmin(single)) == int(np.argmax(mass)), (single, mass)
 
 
@@ -665,11 +701,12 @@ def test_the_sweep_and_the_attention_readout_agree_on_the_layers_that_read_the_o
 
 def check_read_where_it_matters(m, rows, group: str) -> None:
     """The layers where cutting ``group`` -> last alone lowers p(correct) by more than 10% are exactly
-    those where the last position puts at least 30% of its attention on ``group``."""
+    those where the last position puts at least 30% of its attention on ``group`` (over the rows answered
+    correctly)."""
+    rows = answered(rows)
     cuts = [[AttentionKnockout(group, "last", [layer])] for layer in range(m.n_layers)]
     single = np.mean([[x.p_correct / r["base"].p_correct for x in m.run_many(r["p"], cuts)] for r in rows], 0)
-    read = AttentionRead("all", "last", (group,))
-    mass = np.mean([m.run(r["p"], [read])[0][:, :, 0, 0].mean(1).numpy() for r in rows], 0)
+    mass = attention_to_last(m, rows, group)
     moving = {layer for layer in range(m.n_layers) if single[layer] < 0.9}
     assert moving and moving == {layer for layer in range(m.n_layers) if mass[layer] >= 0.3}, (single, mass)
 
