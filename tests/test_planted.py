@@ -156,13 +156,18 @@ def planted_model(request):
 
 
 # Where planted-omni-shuffled's flows do not show the planted routes (README, "Planted pathways").
+HEADING_STREAMS = "test_each_stream_carries_its_tasks_and_binding_needs_both[planted-omni-shuffled-heading-heading]"
+HEADING_OPTIONS = "test_shuffled_options_are_read_by_the_last_position[planted-omni-shuffled-heading-heading]"
+HEADING_READ = ("test_the_sweep_and_the_attention_readout_agree_on_the_layers_that_read_the_options"
+                "[planted-omni-shuffled-heading-heading]")
 SHUFFLED_DIVERGES = {
     "test_the_sweep_and_the_attention_readout_agree_on_the_layers_that_read_the_options[planted-omni-shuffled-colour]":
         "over the 11 of 12 shuffled colour questions answered correctly, cutting options -> last in layer 0 / 1 / "
         "2 / 3 alone leaves p at x0.87 / 0.85 / 1.00 / 0.92 while the last position puts 0.32 / 0.22 / 0.02 / "
         "0.10 of its attention on the options: the questions differ in the layer that reads them (one in layer "
         "0, x0.00; two in layers 0 and 1, x0.54 / 0.03 and x0.58 / 0.05; one in layer 3, x0.08; seven lose "
-        "nothing to any one layer's cut), which the mean attention does not show. Over all 12 it passed: the wrong answer (p 0.20) rose x1.84 with the layer-1 cut",
+        "nothing to any one layer's cut), which the mean attention does not show. Over all 12 it passed: the "
+        "wrong answer (p 0.20) rose x1.84 with the layer-1 cut",
     "test_shuffled_options_are_read_by_the_last_position[planted-omni-shuffled-pitch]":
         "cutting options -> last leaves p at x0.56 (accuracy 58% of 12): the options also reach the last position "
         "through the tokens after them (options -> those tokens alone x0.26; every edge out of the options x0.10, "
@@ -171,16 +176,22 @@ SHUFFLED_DIVERGES = {
         "cutting options -> last leaves p at x0.66 (accuracy 58% of 12), options -> the tokens after them alone "
         "x0.85, and every edge out of the options x0.60 (6 of the 12 still right, by chance: on two sets of 50 "
         "shuffled colour questions that cut leaves 28% and 26% right, chance 25%)",
-    "test_each_stream_carries_its_tasks_and_binding_needs_both[planted-omni-shuffled-heading-heading]":
-        "cutting the sound lowers p on the motion questions to x0.54 in the fixed order and x0.59 shuffled "
-        "(accuracy 54% / 58%), all of it in layer 0 (x0.59 there, x1.00 from layer 1 on) and through the text "
-        "after the media (sound -> question block x0.64, sound -> last x0.99), while the frames -> sound edges "
-        "carry nothing (x1.00). The sound's content is not read (test_the_other_streams_content_is_not_read): "
-        "removing the block of 51 sound tokens from layer 0's attention is what the text positions notice",
-    "test_shuffled_options_are_read_by_the_last_position[planted-omni-shuffled-heading-heading]":
-        "cutting options -> last leaves p at x0.51 (accuracy 54%): the options also reach the last position "
-        "through the tokens after them (options -> those tokens alone x0.61; every edge out of the options x0.22, "
-        "accuracy 21%, chance 25%)",
+    # The motion model: built on a machine about 2 times slower than the build machine (the numbers first)
+    # and on the Intel machine, which land on either side of these three bars (ON_THE_BAR).
+    HEADING_STREAMS: "cutting the sound lowers p on the motion questions to x0.54 in the fixed order and x0.59 "
+        "shuffled (accuracy 54% / 58%), all of it in layer 0 (x0.59 there, x1.00 from layer 1 on) and through the "
+        "text after the media (sound -> question block x0.64, sound -> last x0.99), while the frames -> sound "
+        "edges carry nothing (x1.00). The sound's content is not read (test_the_other_streams_content_is_not_read): "
+        "removing the block of 51 sound tokens from layer 0's attention is what the text positions notice. The "
+        "Intel build: x1.00 / 0.95, and passes",
+    HEADING_OPTIONS: "cutting options -> last leaves p at x0.51 (accuracy 54%): the options also reach the last "
+        "position through the tokens after them (options -> those tokens alone x0.61; every edge out of the "
+        "options x0.22, accuracy 21%, chance 25%). The Intel build: x0.45 (accuracy 46%), and passes",
+    HEADING_READ: "the earlier build passes (the cut matters in layers 1 and 2, where the attention is 0.50 and "
+        "0.38). The Intel build: cutting options -> last in layer 1 / 2 alone leaves x0.54 / 0.83 while the last "
+        "position puts 0.28 / 0.36 of its attention on the options: each of the 24 shuffled questions is read in "
+        "one layer or none (11 lose everything to the layer-1 cut, x0.00, with 0.26-0.50 of the attention there; "
+        "4 to layer 2's; 9 to neither), so the mean attention in layer 1 sits just under 0.3",
 }
 
 # Where planted-omni-interleaved-shuffled's flows do not show what was expected (README, "Planted pathways").
@@ -213,11 +224,12 @@ MATCHING_DIVERGES = {
 
 
 # Divergences where builds of the same recipe on two kinds of CPU (whose floats round otherwise; README,
-# "Planted pathways"), or of a recipe and the one before it, land on either side of the test's bar: expected
-# to fail, but a pass is not a surprise.
+# "Planted pathways"), or of a recipe and the one before it, land on either side of the test's bar (near it or
+# not): expected to fail, but a pass is not a surprise.
 ON_THE_BAR = {"test_the_reference_answers_in_either_order[A->I-fixed]",
               "test_the_reference_answers_in_either_order[A->I-shuffled]", f"{SWEEP}[I->A]",
-              "test_cutting_a_modality_silences_its_tasks_and_spares_the_others[planted_salmonn-video]"}
+              "test_cutting_a_modality_silences_its_tasks_and_spares_the_others[planted_salmonn-video]",
+              HEADING_STREAMS, HEADING_OPTIONS, HEADING_READ}
 
 
 @pytest.fixture(autouse=True)
